@@ -1,0 +1,24 @@
+"""The losses of Afshari et al. 2019 (section 3), as plain functions and thin ``nn.Module`` wrappers.
+
+All tensors are ``(B, 1, D, H, W)``; each function averages a per-sample loss over the batch and
+returns a 0-dim float32 tensor. The modules share ``forward(image, probs, target) -> dict`` with
+the differentiable total under ``"loss"``. See docs/losses.md.
+"""
+
+from __future__ import annotations
+
+from wspet.losses.composite import CompositeLoss, composite_loss
+from wspet.losses.dice import DiceLoss, dice_loss
+from wspet.losses.modified_dice import ModifiedDiceLoss, modified_dice_loss
+from wspet.losses.mumford_shah import MumfordShahLoss, mumford_shah_loss
+
+__all__ = [
+    "CompositeLoss",
+    "DiceLoss",
+    "ModifiedDiceLoss",
+    "MumfordShahLoss",
+    "composite_loss",
+    "dice_loss",
+    "modified_dice_loss",
+    "mumford_shah_loss",
+]

@@ -1,0 +1,155 @@
+"""Dice loss, eq. (2) of Afshari et al. 2019, and the input checks the paper's losses share.
+
+``L_Dice = 1 - 2 sum(p b) / (sum p + sum b)``, per sample, averaged over the batch. It is the
+paper's ``L_FS`` when the target is the label mask and its ``L_Dice`` baseline when the target
+is the union of the training boxes.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DiceLoss", "check_volumes", "dice_loss", "dice_loss_per_sample", "check_hyperparameter"]
+
+
+def check_hyperparameter(
+    name: str, value: float, low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False
+) -> float:
+    """Return ``value`` as a float if it is a finite real number in the interval, else raise ValueError.
+
+    The interval is ``[low, high]``; ``low_open`` / ``high_open`` exclude the end points.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or math.isinf(high) else ']'}"
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+    return value
+
+
+def _check_shape(name: str, x: Tensor, reference_name: str, reference: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    like = "" if x is reference else f" like {reference_name} {tuple(reference.shape)}"
+    if x.ndim != 5:
+        raise ValueError(f"{name} must be 5-D (B, 1, D, H, W){like}, got shape {tuple(x.shape)}")
+    if x.shape[1] != 1:
+        raise ValueError(f"{name} must have one channel (B, 1, D, H, W){like}, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} has no voxels, got shape {tuple(x.shape)}")
+    if x.shape != reference.shape:
+        raise ValueError(f"{reference_name} shape {tuple(reference.shape)} != {name} shape {tuple(x.shape)}")
+    if x.device != reference.device:
+        raise ValueError(f"{reference_name} device {reference.device} != {name} device {x.device}")
+
+
+def check_volumes(
+    probs: Tensor, target: Tensor, image: Tensor | None = None, *, target_name: str = "target"
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate the losses' inputs and return them cast to the computation dtype.
+
+    Args:
+        probs: (B, 1, D, H, W) floating point sigmoid outputs in [0, 1].
+        target: (B, 1, D, H, W) mask in {0, 1}; bool, integer or floating dtype.
+        image: optional (B, 1, D, H, W) finite floating point network input.
+        target_name: how ``target`` is named in error messages ("box" or "target").
+
+    Returns:
+        ``(probs, target, image)`` as float32, or float64 if any input is float64 (for gradcheck).
+        Lower precisions (bf16, fp16 under autocast) are always raised to float32 so that sums over
+        millions of voxels are not rounded to a few significant digits.
+
+    Raises:
+        ValueError: wrong rank, channel count, shape, device or dtype, or values out of range
+            (probs outside [0, 1] or NaN, target not in {0, 1}, image not finite).
+    """
+    if not isinstance(probs, Tensor):
+        raise ValueError(f"probs must be a torch.Tensor, got {type(probs).__name__}")
+    _check_shape("probs", probs, "probs", probs)
+    _check_shape(target_name, target, "probs", probs)
+    if image is not None:
+        _check_shape("image", image, "probs", probs)
+
+    if not probs.is_floating_point():
+        raise ValueError(f"probs dtype {probs.dtype} is not floating point; pass sigmoid outputs")
+    if image is not None and not image.is_floating_point():
+        raise ValueError(f"image dtype {image.dtype} is not floating point (probs dtype {probs.dtype})")
+    if target.is_complex():
+        raise ValueError(
+            f"{target_name} dtype {target.dtype} must be bool, integer or real (probs dtype {probs.dtype})"
+        )
+
+    inputs = [probs, target] + ([image] if image is not None else [])
+    dtype = torch.float64 if any(x.dtype == torch.float64 for x in inputs) else torch.float32
+    probs, target = probs.to(dtype), target.to(dtype)
+    image = image.to(dtype) if image is not None else None
+
+    # One host sync for all value checks; the messages are built only on failure.
+    with torch.no_grad():
+        bad_probs = ~((probs >= 0) & (probs <= 1)).all()
+        bad_target = ~((target == 0) | (target == 1)).all()
+        bad_image = ~torch.isfinite(image).all() if image is not None else torch.zeros((), dtype=torch.bool)
+        flags = torch.stack([bad_probs, bad_target, bad_image.to(bad_probs.device)]).tolist()
+    if flags[0]:
+        raise ValueError(
+            f"probs must lie in [0, 1] (sigmoid outputs, not logits), got min {probs.min().item()!r}, "
+            f"max {probs.max().item()!r}, NaN present: {bool(torch.isnan(probs).any())}"
+        )
+    if flags[1]:
+        odd = target[(target != 0) & (target != 1)]
+        raise ValueError(f"{target_name} must be a {{0, 1}} mask, got value {odd.flatten()[0].item()!r}")
+    if flags[2]:
+        raise ValueError("image must be finite, got NaN or inf values")
+    return probs, target, image
+
+
+def dice_loss_per_sample(probs: Tensor, target: Tensor) -> Tensor:
+    """Eq. (2) per sample on already validated tensors; see :func:`dice_loss`. Returns shape (B,)."""
+    p = probs.flatten(1)
+    b = target.flatten(1)
+    p_sum = p.sum(1)
+    b_sum = b.sum(1)
+    has_target = b_sum > 0
+    # 1 - 2 sum(pb) / (sum p + sum b) == (FP + FN) / (sum p + sum b): summing the soft false
+    # positives and negatives directly keeps full relative precision when the loss is near 0.
+    false_pos = (p * (1 - b)).sum(1)
+    false_neg = ((1 - p) * b).sum(1)
+    # The safe denominator keeps the unused branch of torch.where finite, so no NaN gradient leaks.
+    denominator = torch.where(has_target, p_sum + b_sum, torch.ones_like(p_sum))
+    dice = (false_pos + false_neg) / denominator
+    return torch.where(has_target, dice, p.mean(1))
+
+
+def dice_loss(probs: Tensor, target: Tensor) -> Tensor:
+    """Dice loss ``1 - 2 sum(p b) / (sum p + sum b)`` (eq. 2), the mean over the batch.
+
+    Args:
+        probs: (B, 1, D, H, W) sigmoid outputs in [0, 1].
+        target: (B, 1, D, H, W) {0, 1} mask: the label (``L_FS``) or the union of the boxes (``L_Dice``).
+
+    Returns:
+        0-dim float32 tensor (float64 if an input is float64). No smoothing constant: the
+        denominator is at least ``sum b >= 1`` whenever the target is non-empty. A sample with an
+        empty target contributes ``mean(p)`` over its voxels instead of the constant 1 eq. (2)
+        would give: it is 0 iff the prediction is empty, and its gradient ``1/N`` per voxel (an
+        O(1) gradient on a shared logit bias) pushes every prediction toward background.
+    """
+    probs, target, _ = check_volumes(probs, target)
+    return dice_loss_per_sample(probs, target).mean()
+
+
+class DiceLoss(nn.Module):
+    """``L_FS`` / ``L_Dice`` (eq. 2) for the Hydra ``loss`` group; no hyper-parameters.
+
+    ``forward(image, probs, target)`` ignores ``image`` and returns ``{"loss": 0-dim tensor}``.
+    """
+
+    def forward(self, image: Tensor | None, probs: Tensor, target: Tensor) -> dict[str, Tensor]:
+        return {"loss": dice_loss(probs, target)}
