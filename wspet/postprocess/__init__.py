@@ -1,0 +1,14 @@
+"""Post-processing of binary predictions (the Hydra `postprocess` group).
+
+Every step is `fn(mask, image, spacing, **params) -> np.ndarray[bool]` on (i, j, k)
+arrays with the spacing in mm, and never modifies its inputs:
+- `morphology.open_and_filter`: the paper's "+M";
+- `levelset.chan_vese_refine`: the paper's "L_Dice + LS".
+"""
+
+from __future__ import annotations
+
+from wspet.postprocess.levelset import chan_vese_refine
+from wspet.postprocess.morphology import open_and_filter
+
+__all__ = ["chan_vese_refine", "open_and_filter"]
