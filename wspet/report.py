@@ -1,0 +1,636 @@
+"""Sweep folder -> results.csv, results.md, figure1.png, figure2.png (the paper's
+Figures 1 and 2 and its comparison table, from our runs).
+
+A sweep folder holds run folders at any depth, each found by its summary.json:
+
+    <run>/summary.json          {"experiment", "seed", "data_root", "loss", "collapsed", ...}
+    <run>/test_metrics.csv      one row per test case (case, dice, ude_mm, hd95_mm,
+                                lesions_found, lesions_missed, lesions_false, pred_empty)
+    <run>/predictions/<case>_mask.nii.gz   the final binary mask on the test image's grid
+
+The two reference rows (`wspet.reference_rows`) are computed here from the test images
+and labels of the runs' common data_root. See docs/report.md.
+
+CLI: `python -m wspet.report SWEEP_DIR [--out DIR] [--figure-experiment NAME]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import nibabel as nib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from wspet.metrics import case_metrics
+from wspet.metrics.lesions import label_components
+from wspet.reference_rows import REFERENCE_ROWS
+
+METRICS = (
+    "dice",
+    "ude_mm",
+    "hd95_mm",
+    "lesions_found",
+    "lesions_missed",
+    "lesions_false",
+    "pred_empty",
+)
+RESULT_COLUMNS = ("experiment", "seed", "case") + METRICS
+_COUNT_METRICS = ("lesions_found", "lesions_missed", "lesions_false", "pred_empty")
+
+# Row order of the paper's Figure 1; reference rows last; unknown experiments after.
+PAPER_ORDER = (
+    "fs",
+    "dice",
+    "mdice",
+    "mdice_ms",
+    "mdice_ms_morph",
+    "dice_levelset",
+    "box",
+    "box_threshold",
+)
+# Experiments trained with the full labels (not weak): never Figure 2's default.
+FULLY_SUPERVISED = frozenset({"fs"})
+
+PREDICTION_COLOUR = "#00c000"  # green, as in the paper's Figure 2
+TRUTH_COLOUR = "#b030e0"  # purple
+
+ResultRow = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One training run of a sweep: its summary and its per-case test metrics.
+
+    `metrics`: one dict per test case with "case" (str) and the METRICS as floats
+    (NaN where the CSV holds NaN, e.g. distances of an empty prediction).
+    """
+
+    run_dir: Path
+    experiment: str
+    seed: int
+    data_root: Path
+    loss: str | None
+    postprocess: str | None
+    collapsed: bool
+    metrics: list[dict[str, Any]] = field(repr=False)
+
+    def prediction_path(self, case: str) -> Path:
+        return self.run_dir / "predictions" / f"{case}_mask.nii.gz"
+
+
+def collect_runs(sweep_dir: str | os.PathLike) -> list[RunRecord]:
+    """Every run folder under `sweep_dir` (any depth, found by its summary.json), sorted
+    by experiment, seed and folder.
+
+    Raises ValueError naming the folder when it holds no summary.json, naming the run
+    folder when its summary lacks a key or its test_metrics.csv is missing or malformed,
+    and naming both folders when two runs share one experiment and seed (their results
+    would be silently pooled).
+    """
+    sweep = Path(sweep_dir)
+    if not sweep.is_dir():
+        raise ValueError(f"{sweep}: sweep folder does not exist")
+    runs = [_read_run(p.parent) for p in sorted(sweep.rglob("summary.json"))]
+    if not runs:
+        raise ValueError(f"{sweep}: no run folder (no summary.json) found in the sweep")
+    seen: dict[tuple[str, int], Path] = {}
+    for run in runs:
+        key = (run.experiment, run.seed)
+        if key in seen:
+            raise ValueError(
+                f"{run.run_dir}: experiment {run.experiment!r} seed {run.seed} also in "
+                f"{seen[key]}; give the runs distinct experiment names"
+            )
+        seen[key] = run.run_dir
+    return sorted(runs, key=lambda r: (experiment_rank(r.experiment), r.seed, str(r.run_dir)))
+
+
+def _read_run(run_dir: Path) -> RunRecord:
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{summary_path}: cannot read the run summary ({err})") from None
+    missing = [k for k in ("experiment", "seed", "data_root") if k not in summary]
+    if missing:
+        raise ValueError(f"{summary_path}: missing key(s) {missing}")
+    seed = summary["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{summary_path}: seed must be an int, got {seed!r}")
+    return RunRecord(
+        run_dir=run_dir,
+        experiment=str(summary["experiment"]),
+        seed=seed,
+        data_root=Path(summary["data_root"]),
+        loss=summary.get("loss"),
+        postprocess=summary.get("postprocess"),
+        collapsed=bool(summary.get("collapsed", False)),
+        metrics=_read_test_metrics(run_dir),
+    )
+
+
+def _read_test_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "test_metrics.csv"
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: run has no test_metrics.csv")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("case",) + METRICS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}")
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            try:
+                row = {"case": raw["case"]} | {m: float(raw[m]) for m in METRICS}
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: line {line} has a non-numeric metric: {raw}") from None
+            rows.append(row)
+    cases = [r["case"] for r in rows]
+    if len(set(cases)) != len(cases):
+        raise ValueError(f"{path}: a case appears twice: {sorted(cases)}")
+    return rows
+
+
+def sweep_data_root(runs: Sequence[RunRecord]) -> Path:
+    """The data_root shared by all runs; ValueError naming two runs that disagree."""
+    first = runs[0]
+    for run in runs[1:]:
+        if run.data_root.resolve() != first.data_root.resolve():
+            raise ValueError(
+                f"runs disagree on data_root: {first.run_dir} uses {first.data_root}, "
+                f"{run.run_dir} uses {run.data_root}"
+            )
+    return first.data_root
+
+
+# ------------------------------------------------------------------ test dataset
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One test case of an MSD-style dataset: paths and its case name."""
+
+    name: str
+    image: Path
+    label: Path
+
+
+def read_test_cases(data_root: str | os.PathLike) -> list[EvalCase]:
+    """The test cases listed in `data_root/dataset.json` ("test": [{"image", "label"}]).
+
+    Case name = image file name without .nii.gz. Raises ValueError naming the file when
+    it is missing, has no test list, or a test entry has no label (the reference rows
+    and Figure 2 need the test labels).
+    """
+    path = Path(data_root) / "dataset.json"
+    try:
+        dataset = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the dataset description ({err})") from None
+    entries = dataset.get("test")
+    if not entries:
+        raise ValueError(f"{path}: no 'test' cases listed")
+    cases = []
+    for entry in entries:
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise ValueError(f"{path}: test entry {entry!r} needs an 'image' and a 'label'")
+        image = Path(data_root) / entry["image"]
+        cases.append(EvalCase(_case_name(image), image, Path(data_root) / entry["label"]))
+    return cases
+
+
+def _case_name(image: Path) -> str:
+    name = image.name
+    return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else image.stem
+
+
+def _load_case(case: EvalCase) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], Any]:
+    """(image float32, label bool, spacing mm, nibabel image of the PET) of one case."""
+    pet = nib.load(str(case.image))
+    truth = nib.load(str(case.label))
+    image = np.asarray(pet.get_fdata(dtype=np.float32))
+    label = np.asarray(truth.dataobj) != 0
+    if image.shape != label.shape:
+        raise ValueError(f"{case.label}: label shape {label.shape} != image shape {image.shape}")
+    spacing = tuple(float(z) for z in pet.header.get_zooms()[:3])
+    return image, label, spacing, pet  # type: ignore[return-value]
+
+
+def _load_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    if not path.is_file():
+        raise ValueError(f"{path}: prediction mask not found")
+    mask = np.asarray(nib.load(str(path)).dataobj) != 0
+    if mask.shape != shape:
+        raise ValueError(f"{path}: prediction shape {mask.shape} != image shape {shape}")
+    return mask
+
+
+def reference_results(data_root: str | os.PathLike) -> list[ResultRow]:
+    """Per-case metrics of the reference rows (`box`, `box_threshold`) on the test set.
+
+    Rows as in `results_table`, with seed None.
+    """
+    rows = []
+    for case in read_test_cases(data_root):
+        image, label, spacing, _ = _load_case(case)
+        for name, predict in REFERENCE_ROWS.items():
+            metrics = case_metrics(predict(image, label), label, spacing)
+            rows.append({"experiment": name, "seed": None, "case": case.name} | metrics)
+    # Each image is loaded once, then the rows are grouped by reference row (stable sort).
+    order = list(REFERENCE_ROWS)
+    return sorted(rows, key=lambda r: order.index(r["experiment"]))
+
+
+def check_run_cases(runs: Sequence[RunRecord], cases: Sequence[str]) -> None:
+    """ValueError naming the run folder when its test_metrics.csv lacks a test case of
+    the dataset or holds a case the dataset does not list (a failed case is never
+    dropped silently)."""
+    expected = set(cases)
+    for run in runs:
+        got = {r["case"] for r in run.metrics}
+        if got != expected:
+            raise ValueError(
+                f"{run.run_dir}: test_metrics.csv cases differ from the dataset's test set: "
+                f"missing {sorted(expected - got)}, unknown {sorted(got - expected)}"
+            )
+
+
+# ------------------------------------------------------------------------- tables
+
+
+def results_table(
+    runs: Sequence[RunRecord], reference: Sequence[ResultRow] = ()
+) -> list[ResultRow]:
+    """One row per (experiment, seed, case): the runs' metrics then the `reference` rows.
+
+    Each row has the RESULT_COLUMNS keys; seed is None for reference rows.
+    """
+    rows = [
+        {"experiment": run.experiment, "seed": run.seed} | m
+        for run in runs
+        for m in run.metrics
+    ]
+    return rows + [dict(r) for r in reference]
+
+
+def experiment_rank(name: str) -> tuple[int, str]:
+    """Sort key: the paper's Figure 1 order, then unknown experiments by name."""
+    return (PAPER_ORDER.index(name), "") if name in PAPER_ORDER else (len(PAPER_ORDER), name)
+
+
+def experiments_in_order(rows: Iterable[ResultRow]) -> list[str]:
+    return sorted({r["experiment"] for r in rows}, key=experiment_rank)
+
+
+def _format_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer() and not math.isnan(value):
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def results_csv_text(rows: Sequence[ResultRow]) -> str:
+    """`rows` as CSV text (RESULT_COLUMNS; empty seed for reference rows, "nan" for NaN)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RESULT_COLUMNS)
+    for row in rows:
+        writer.writerow([_format_cell(row[c]) for c in RESULT_COLUMNS])
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """Mean and sample std (n - 1; NaN for n < 2) of each metric over an experiment's
+    (case, seed) results. Distances are over the finite values only (`n_distance`)."""
+
+    experiment: str
+    n: int
+    n_seeds: int
+    n_collapsed: int
+    n_empty: int
+    n_distance: int
+    mean: dict[str, float]
+    std: dict[str, float]
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    if values.size == 0:
+        return math.nan, math.nan
+    std = float(np.std(values, ddof=1)) if values.size > 1 else math.nan
+    return float(np.mean(values)), std
+
+
+def summarize(
+    rows: Sequence[ResultRow], runs: Sequence[RunRecord] = ()
+) -> list[ExperimentSummary]:
+    """One ExperimentSummary per experiment of `rows`, in Figure 1 order. `runs` give
+    the collapsed-run counts (0 where not given)."""
+    summaries = []
+    for name in experiments_in_order(rows):
+        mine = [r for r in rows if r["experiment"] == name]
+        mean, std = {}, {}
+        for metric in METRICS:
+            values = np.array([r[metric] for r in mine], dtype=float)
+            # Distances are NaN for an empty prediction: average the rest, count them apart.
+            mean[metric], std[metric] = _mean_std(values[np.isfinite(values)])
+        seeds = {r["seed"] for r in mine if r["seed"] is not None}
+        summaries.append(
+            ExperimentSummary(
+                experiment=name,
+                n=len(mine),
+                n_seeds=len(seeds),
+                n_collapsed=sum(1 for run in runs if run.experiment == name and run.collapsed),
+                n_empty=int(sum(r["pred_empty"] for r in mine)),
+                n_distance=int(np.isfinite([r["ude_mm"] for r in mine]).sum()),
+                mean=mean,
+                std=std,
+            )
+        )
+    return summaries
+
+
+def _pm(summary: ExperimentSummary, metric: str, digits: int) -> str:
+    m, s = summary.mean[metric], summary.std[metric]
+    if math.isnan(m):
+        return "–"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if not math.isnan(s) else f"{m:.{digits}f}"
+
+
+def summary_markdown(rows: Sequence[ResultRow], runs: Sequence[RunRecord] = ()) -> str:
+    """The results table in Markdown, with notes on how each column is computed."""
+    lines = [
+        "| experiment | runs | n | Dice | UDE (mm) | HD95 (mm) | lesions found | "
+        "lesions missed | false lesions | empty predictions |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summarize(rows, runs):
+        reference = s.experiment in REFERENCE_ROWS
+        name = f"{s.experiment} *" if reference else s.experiment
+        n_runs = "–" if reference else str(s.n_seeds)
+        if s.n_collapsed:
+            n_runs += f" ({s.n_collapsed} collapsed)"
+        excluded = s.n - s.n_distance
+        dist_note = f" (n={s.n_distance})" if excluded else ""
+        lines.append(
+            f"| {name} | {n_runs} | {s.n} | {_pm(s, 'dice', 3)} "
+            f"| {_pm(s, 'ude_mm', 2)}{dist_note} | {_pm(s, 'hd95_mm', 2)}{dist_note} "
+            f"| {_pm(s, 'lesions_found', 2)} | {_pm(s, 'lesions_missed', 2)} "
+            f"| {_pm(s, 'lesions_false', 2)} | {s.n_empty} / {s.n} |"
+        )
+    notes = [
+        "",
+        "Mean ± sample standard deviation (n − 1) over all (test case, seed) results of an",
+        "experiment; n = test cases × seeds; runs = seeds.",
+        "UDE (average symmetric surface distance) and HD95 are averaged over the results with a",
+        "non-empty prediction only; where some are left out, (n=...) gives how many remain, and",
+        "the last column counts the empty predictions (Dice 0 there, kept in the Dice mean).",
+        "Lesion columns are means per case (26-connected components; a hit needs one",
+        "shared voxel).",
+        "",
+        "\\* Reference rows, not learned: they use tight boxes from the **test labels** (one per",
+        "lesion), i.e. a person's help at test time that the learned rows do not get. `box` is",
+        "the box mask itself; `box_threshold` keeps the voxels ≥ 41% of each box's SUVmax (the",
+        "clinical fixed threshold, standing in for the paper's semi-automatic SA row).",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+# ------------------------------------------------------------------------ figures
+
+
+def plot_figure1(rows: Sequence[ResultRow], path: str | os.PathLike) -> Path:
+    """Figure 1: bars of the mean Dice and mean UDE (mm) per experiment with std error
+    bars (two panels), reference rows hatched. Written atomically as PNG to `path`."""
+    summaries = summarize(rows)
+    names = [s.experiment for s in summaries]
+    x = np.arange(len(names))
+    fig = Figure(figsize=(max(6.0, 1.1 * len(names) + 2.0), 4.0), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    titles = ("Mean Dice", "Mean UDE (mm), non-empty predictions")
+    for ax, metric, title in zip(axes, ("dice", "ude_mm"), titles):
+        means = np.array([s.mean[metric] for s in summaries])
+        stds = np.nan_to_num(np.array([s.std[metric] for s in summaries]))
+        bars = ax.bar(x, np.nan_to_num(means), yerr=stds, capsize=4, color="#4c72b0")
+        for pos, bar, name, mean in zip(x, bars, names, means):
+            if name in REFERENCE_ROWS:
+                bar.set_facecolor("#bbbbbb")
+                bar.set_hatch("//")
+            if math.isnan(mean):  # every prediction empty: no distance, not a zero one
+                ax.text(pos, 0, "none\n(all empty)", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, names, rotation=35, ha="right")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(bottom=0)  # neither metric can be negative; a long error bar is cut
+    axes[0].set_ylim(0, 1.05)
+    fig.suptitle("Hatched: reference rows using tight boxes from the test labels", fontsize=9)
+    return _atomic_savefig(fig, Path(path))
+
+
+def _largest_lesion_centre(mask: np.ndarray) -> tuple[int, int, int]:
+    """Rounded centroid (i, j, k) of the largest 26-connected component of `mask`, or
+    the volume centre for an empty mask."""
+    labels, count = label_components(mask)
+    if count == 0:
+        return tuple(n // 2 for n in mask.shape)  # type: ignore[return-value]
+    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    centre = np.argwhere(labels == largest).mean(axis=0)
+    return tuple(int(round(c)) for c in centre)  # type: ignore[return-value]
+
+
+def _superior_is_increasing_k(pet: Any) -> bool:
+    # Array axis k is superior-inferior; which end is superior comes from the affine.
+    return nib.aff2axcodes(pet.affine)[2] != "I"
+
+
+def _intensity_window(image: np.ndarray) -> tuple[float, float]:
+    """Grey window: SUV 0 to min(10, 99.9th percentile), so hot lesions show clearly and
+    a normalised (non-SUV) image still fills the range."""
+    low = min(0.0, float(np.percentile(image, 0.5)))
+    high = min(10.0, float(np.percentile(image, 99.9)))
+    if high <= low:
+        high = float(image.max()) if image.max() > low else low + 1.0
+    return low, high
+
+
+def _show_slice(ax, image2d, pred2d, truth2d, aspect: float, window, superior_up: bool) -> None:
+    """Show (horizontal, k) slices with k vertical and superior at the top."""
+    flip = (lambda a: a.T) if superior_up else (lambda a: a.T[::-1])
+    ax.imshow(flip(image2d), cmap="gray", vmin=window[0], vmax=window[1],
+              origin="lower", aspect=aspect, interpolation="nearest")
+    # Truth drawn wider and first, so a prediction on top of it leaves a purple rim.
+    for mask, colour, width in ((truth2d, TRUTH_COLOUR, 2.4), (pred2d, PREDICTION_COLOUR, 1.2)):
+        if mask.any():  # contour of an all-False slice warns and draws nothing
+            _outline(ax, flip(mask), colour, width)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _outline(ax, mask2d: np.ndarray, colour: str, width: float, upsample: int = 8) -> None:
+    """Outline a 2-D mask along its voxel edges: a contour of the nearest-neighbour
+    upsampled mask, placed on imshow's grid (voxel centres at integers), rather than a
+    contour through the voxel centres, which would cut every corner."""
+    fine = np.kron(mask2d.astype(float), np.ones((upsample, upsample)))
+    rows = (np.arange(fine.shape[0]) + 0.5) / upsample - 0.5
+    cols = (np.arange(fine.shape[1]) + 0.5) / upsample - 0.5
+    ax.contour(cols, rows, fine, levels=[0.5], colors=colour, linewidths=width)
+
+
+def plot_figure2(
+    rows: Sequence[ResultRow],
+    runs: Sequence[RunRecord],
+    path: str | os.PathLike,
+    experiment: str | None = None,
+) -> Path:
+    """Figure 2: a good and a bad test case (best and worst Dice over all cases and seeds
+    of `experiment`; default the weak experiment with the best mean Dice), each as a
+    coronal (fixed j) and a sagittal (fixed i) slice through the centroid of the largest
+    true lesion: PET in grey, prediction outlined green, ground truth purple, superior up,
+    aspect from the voxel spacing. Written atomically as PNG to `path`.
+
+    Predictions come from the runs' predictions/ folders (computed for a reference row).
+    Raises ValueError for an unknown experiment or a missing prediction file.
+    """
+    if not runs:
+        raise ValueError("plot_figure2: needs at least one run (for the data_root)")
+    experiment = experiment or default_figure_experiment(rows, runs)
+    mine = [r for r in rows if r["experiment"] == experiment]
+    if not mine:
+        raise ValueError(
+            f"--figure-experiment {experiment!r} is not in the results: "
+            f"{experiments_in_order(rows)}"
+        )
+    good = max(mine, key=lambda r: r["dice"])
+    bad = min(mine, key=lambda r: r["dice"])
+    cases = {c.name: c for c in read_test_cases(sweep_data_root(runs))}
+    fig = Figure(figsize=(8.0, 8.0), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    for ax_row, (kind, row) in zip(axes, (("good", good), ("bad", bad))):
+        case = cases[row["case"]]
+        image, truth, spacing, pet = _load_case(case)
+        pred = _figure_prediction(experiment, row, runs, image, truth)
+        i, j, _ = _largest_lesion_centre(truth)
+        window = _intensity_window(image)
+        up = _superior_is_increasing_k(pet)
+        si, sj, sk = spacing
+        _show_slice(ax_row[0], image[:, j, :], pred[:, j, :], truth[:, j, :], sk / si, window, up)
+        _show_slice(ax_row[1], image[i, :, :], pred[i, :, :], truth[i, :, :], sk / sj, window, up)
+        seed = "" if row["seed"] is None else f", seed {row['seed']}"
+        ax_row[0].set_title(f"{kind}: {case.name}{seed}, Dice {row['dice']:.2f} (coronal)",
+                            fontsize=9)
+        ax_row[1].set_title(f"{kind}: {case.name}{seed}, Dice {row['dice']:.2f} (sagittal)",
+                            fontsize=9)
+    fig.suptitle(f"{experiment}: prediction (green) and ground truth (purple)", fontsize=11)
+    return _atomic_savefig(fig, Path(path))
+
+
+def _figure_prediction(
+    experiment: str, row: ResultRow, runs: Sequence[RunRecord], image, truth
+) -> np.ndarray:
+    if experiment in REFERENCE_ROWS:
+        return REFERENCE_ROWS[experiment](image, truth)
+    run = next(r for r in runs if r.experiment == experiment and r.seed == row["seed"])
+    return _load_mask(run.prediction_path(row["case"]), image.shape)
+
+
+def default_figure_experiment(rows: Sequence[ResultRow], runs: Sequence[RunRecord]) -> str:
+    """The weakly supervised experiment (trained from boxes: not `fs`, loss not `fs`, not
+    a reference row) with the best mean Dice; any learned one if none is weak."""
+    learned = {r.experiment for r in runs}
+    weak = {r.experiment for r in runs if r.experiment not in FULLY_SUPERVISED
+            and r.loss not in FULLY_SUPERVISED}
+    candidates = weak or learned
+    means = {s.experiment: s.mean["dice"] for s in summarize(rows) if s.experiment in candidates}
+    return max(sorted(means), key=lambda name: means[name])
+
+
+# ------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write via a temp file in the same folder, then os.replace: readers never see a
+    half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _atomic_text(path: Path, text: str) -> Path:
+    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _atomic_savefig(fig: Figure, path: Path) -> Path:
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+
+
+def write_report(
+    sweep_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    figure_experiment: str | None = None,
+) -> dict[str, Path]:
+    """Collect the sweep, compute the reference rows, write the four report files.
+
+    Returns {"results_csv", "results_md", "figure1", "figure2"} -> paths (in `out_dir`,
+    default `sweep_dir`). Raises ValueError as `collect_runs`, `sweep_data_root`,
+    `check_run_cases` and `plot_figure2` do.
+    """
+    runs = collect_runs(sweep_dir)
+    data_root = sweep_data_root(runs)
+    check_run_cases(runs, [c.name for c in read_test_cases(data_root)])
+    rows = results_table(runs, reference_results(data_root))
+    out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
+    return {
+        "results_csv": _atomic_text(out / "results.csv", results_csv_text(rows)),
+        "results_md": _atomic_text(
+            out / "results.md", "# Results\n\n" + summary_markdown(rows, runs)
+        ),
+        "figure1": plot_figure1(rows, out / "figure1.png"),
+        "figure2": plot_figure2(rows, runs, out / "figure2.png", figure_experiment),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m wspet.report",
+        description="Sweep folder -> results.csv, results.md, figure1.png, figure2.png",
+    )
+    parser.add_argument("sweep_dir", type=Path, help="folder holding the run folders")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: sweep_dir)")
+    parser.add_argument("--figure-experiment", default=None,
+                        help="experiment shown in figure2 (default: best-mean weak experiment)")
+    args = parser.parse_args(argv)
+    try:
+        paths = write_report(args.sweep_dir, args.out, args.figure_experiment)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
