@@ -1,0 +1,168 @@
+"""LightningDataModule: wspet datasets as TorchIO subjects, patches for training, volumes for validation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torchio as tio
+
+from wspet.data.boxes import boxes_to_mask
+from wspet.data.format import CaseEntry, DatasetError, case_boxes, load_image, load_label, read_dataset
+from wspet.data.sampling import BoxCentredSampler
+
+log = logging.getLogger(__name__)
+
+SUPERVISIONS = ("box", "label")
+
+
+def split_validation(cases: Sequence[CaseEntry], fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded split of the training list into (train, validation) cases."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction {fraction} is not in [0, 1)")
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = int(round(fraction * len(cases)))
+    if fraction > 0 and n_val == 0 and len(cases) > 1:
+        n_val = 1
+    val = sorted(order[:n_val].tolist())
+    train = sorted(order[n_val:].tolist())
+    return [cases[i] for i in train], [cases[i] for i in val]
+
+
+def make_subject(case: CaseEntry, *, read_label: bool, box_margin_mm: float) -> tio.Subject:
+    """A TorchIO subject with ``image``, ``box`` and, when ``read_label``, ``label``.
+
+    The label file is otherwise read only when the case has no boxes, to derive them.
+    Tensors are decoded once here and kept in memory (the volumes are small).
+    """
+    image = load_image(case.image)
+    label = None
+    if case.label is not None and (read_label or case.boxes is None):
+        label = load_label(case.label, image)
+    boxes = case_boxes(case, image, label, margin_mm=box_margin_mm)
+    box = boxes_to_mask(boxes, image.array.shape)
+    fields = {
+        "image": tio.ScalarImage(tensor=torch.from_numpy(image.array)[None], affine=image.affine),
+        "box": tio.LabelMap(tensor=torch.from_numpy(box)[None], affine=image.affine),
+        "name": case.name,
+    }
+    if read_label and label is not None:
+        fields["label"] = tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=image.affine)
+    return tio.Subject(fields)
+
+
+class PetDataModule(L.LightningDataModule):
+    """Training patches and validation volumes from a wspet dataset folder.
+
+    Batches are TorchIO dicts; ``batch["image"]["data"]`` is ``(B, 1, D, H, W)`` z-normalised
+    PET, ``batch["box"]["data"]`` the union of the boxes, and ``batch["label"]["data"]`` the
+    lesion mask where it is read: always for full supervision, and for validation cases only
+    to report ``val/dice`` (never for a weak loss).
+
+    Args:
+        root: dataset folder (docs/dataset_format.md).
+        supervision: ``box`` (weak: training labels are never read, except to derive missing
+            boxes) or ``label`` (full supervision).
+        volume_size: every volume is cropped or padded to this size (the paper's 160x160x128).
+        patch_size: training patch size, at most ``volume_size``; equal sizes train on whole
+            volumes as the paper did.
+        box_sampling_probability: chance that a training patch is centred inside a box.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        supervision: str = "box",
+        volume_size: Sequence[int] = (96, 96, 64),
+        patch_size: Sequence[int] = (64, 64, 64),
+        batch_size: int = 2,
+        samples_per_volume: int = 2,
+        queue_length: int = 16,
+        box_sampling_probability: float = 0.7,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        val_labels: bool = True,
+        box_margin_mm: float = 5.0,
+        flip_axes: Sequence[int] = (0, 2),
+        flip_probability: float = 0.5,
+        noise_std: float = 0.1,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if supervision not in SUPERVISIONS:
+            raise ValueError(f"supervision {supervision!r} is not one of {SUPERVISIONS}")
+        self.root = Path(root)
+        self.supervision = supervision
+        self.volume_size = tuple(int(s) for s in volume_size)
+        self.patch_size = tuple(int(s) for s in patch_size)
+        if len(self.volume_size) != 3 or len(self.patch_size) != 3:
+            raise ValueError(f"volume_size {volume_size} and patch_size {patch_size} need 3 values each")
+        if any(p > v for p, v in zip(self.patch_size, self.volume_size)):
+            raise ValueError(f"patch_size {self.patch_size} is larger than volume_size {self.volume_size}")
+        self.batch_size = batch_size
+        self.samples_per_volume = samples_per_volume
+        self.queue_length = queue_length
+        self.box_sampling_probability = box_sampling_probability
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.val_labels = val_labels
+        self.box_margin_mm = box_margin_mm
+        self.flip_axes = tuple(flip_axes)
+        self.flip_probability = flip_probability
+        self.noise_std = noise_std
+        self.num_workers = num_workers
+        self.train_subjects: list[tio.Subject] = []
+        self.val_subjects: list[tio.Subject] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_subjects:
+            return
+        index = read_dataset(self.root)
+        train_cases, val_cases = split_validation(index.training, self.val_fraction, self.split_seed)
+        if not train_cases:
+            raise DatasetError(self.root, ["no training cases left after the validation split"])
+        full = self.supervision == "label"
+        self.train_subjects = [self._subject(c, read_label=full) for c in train_cases]
+        self.val_subjects = [self._subject(c, read_label=full or self.val_labels) for c in val_cases]
+        log.info("%s: %d training and %d validation cases", self.root, len(train_cases), len(val_cases))
+
+    def _subject(self, case: CaseEntry, read_label: bool) -> tio.Subject:
+        subject = make_subject(case, read_label=read_label, box_margin_mm=self.box_margin_mm)
+        if self.supervision == "label" and "label" not in subject:
+            raise DatasetError(case.image, [f"{case.name} has no label, needed for full supervision"])
+        return subject
+
+    def preprocessing(self) -> tio.Compose:
+        """Deterministic steps shared by training, validation and inference."""
+        return tio.Compose([
+            tio.ZNormalization(include=["image"]),
+            tio.CropOrPad(self.volume_size, padding_mode="minimum"),
+        ])
+
+    def augmentation(self) -> tio.Compose:
+        steps = []
+        if self.flip_axes and self.flip_probability > 0:
+            steps.append(tio.RandomFlip(axes=self.flip_axes, flip_probability=self.flip_probability))
+        if self.noise_std > 0:
+            steps.append(tio.RandomNoise(std=(0, self.noise_std), include=["image"]))
+        return tio.Compose(steps)
+
+    def train_dataloader(self) -> tio.SubjectsLoader:
+        transform = tio.Compose([self.preprocessing(), self.augmentation()])
+        queue = tio.Queue(
+            tio.SubjectsDataset(self.train_subjects, transform=transform),
+            max_length=max(self.queue_length, self.samples_per_volume),
+            samples_per_volume=self.samples_per_volume,
+            sampler=BoxCentredSampler(self.patch_size, self.box_sampling_probability),
+            num_workers=self.num_workers,
+        )
+        # The queue already runs the workers; a second level of workers would copy it.
+        return tio.SubjectsLoader(queue, batch_size=self.batch_size, num_workers=0)
+
+    def val_dataloader(self) -> tio.SubjectsLoader:
+        dataset = tio.SubjectsDataset(self.val_subjects, transform=self.preprocessing())
+        return tio.SubjectsLoader(dataset, batch_size=1, num_workers=self.num_workers)

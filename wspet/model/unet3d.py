@@ -1,0 +1,100 @@
+"""The paper's network: a 3D U-Net with a quarter of U-Net's feature maps, SELU inside, sigmoid out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Two 3x3x3 convolutions with SELU, the unit of every U-Net level."""
+    return nn.Sequential(
+        nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.SELU(inplace=True),
+        nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1),
+        nn.SELU(inplace=True),
+    )
+
+
+class UNet3D(nn.Module):
+    """3D U-Net (Ronneberger et al. 2015 made 3D, features divided by 4 as in Afshari et al. 2019).
+
+    Args:
+        in_channels: channels of the input volume (1 for PET).
+        features: feature maps per level, from the top; the paper's are (16, 32, 64, 128, 256).
+            The depth is ``len(features)``: each spatial size must be divisible by
+            ``2 ** (len(features) - 1)``.
+
+    ``forward`` takes ``x`` of shape ``(B, in_channels, D, H, W)`` and returns logits of shape
+    ``(B, 1, D, H, W)``; :meth:`probabilities` applies the paper's sigmoid output layer, in
+    float32 even under bf16 autocast, because the losses saturate and lose their gradient
+    when the sigmoid is rounded to bf16.
+    """
+
+    def __init__(self, in_channels: int = 1, features: Sequence[int] = (16, 32, 64, 128, 256)) -> None:
+        super().__init__()
+        features = [int(f) for f in features]
+        if len(features) < 2 or any(f <= 0 for f in features):
+            raise ValueError(f"features must hold at least two positive widths, got {features}")
+        if in_channels <= 0:
+            raise ValueError(f"in_channels must be positive, got {in_channels}")
+        self.in_channels = in_channels
+        self.features = tuple(features)
+        self.encoders = nn.ModuleList()
+        channels = in_channels
+        for width in features:
+            self.encoders.append(_double_conv(channels, width))
+            channels = width
+        self.pool = nn.MaxPool3d(2)
+        self.upsamplers = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for width in reversed(features[:-1]):
+            self.upsamplers.append(nn.ConvTranspose3d(channels, width, kernel_size=2, stride=2))
+            self.decoders.append(_double_conv(2 * width, width))
+            channels = width
+        self.head = nn.Conv3d(channels, 1, kernel_size=1)
+        self._init_for_selu()
+
+    @property
+    def divisor(self) -> int:
+        """Every spatial size of the input must be a multiple of this."""
+        return 2 ** (len(self.features) - 1)
+
+    def _init_for_selu(self) -> None:
+        # SELU self-normalises only with LeCun-normal weights (Klambauer et al. 2017).
+        for module in self.modules():
+            if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, 1, D, H, W)`` for input ``(B, in_channels, D, H, W)``."""
+        self._check_input(x)
+        skips = []
+        for level, encoder in enumerate(self.encoders):
+            if level > 0:
+                x = self.pool(x)
+            x = encoder(x)
+            skips.append(x)
+        skips.pop()  # the bottom level feeds the decoder directly
+        for upsample, decoder in zip(self.upsamplers, self.decoders):
+            x = decoder(torch.cat([skips.pop(), upsample(x)], dim=1))
+        return self.head(x)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid probabilities ``(B, 1, D, H, W)`` in float32."""
+        return torch.sigmoid(self(x).float())
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"UNet3D expects input (B, {self.in_channels}, D, H, W), got shape {tuple(x.shape)}"
+            )
+        bad = [s for s in x.shape[2:] if s % self.divisor]
+        if bad:
+            raise ValueError(
+                f"UNet3D input spatial size {tuple(x.shape[2:])} is not divisible by {self.divisor} "
+                f"(2 ** (depth - 1) for features {self.features}); crop or pad the volume"
+            )

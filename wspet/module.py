@@ -1,0 +1,99 @@
+"""The LightningModule: the 3D U-Net, the composite loss, and what is logged about them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torchio as tio
+from hydra.utils import instantiate
+from torchmetrics import MeanMetric
+
+from wspet.model.unet3d import UNet3D
+
+
+class LesionSegmenter(L.LightningModule):
+    """Train a :class:`UNet3D` on boxes (weak) or labels (full) with a loss from ``conf/loss``.
+
+    Args:
+        net: keyword arguments of :class:`UNet3D` (``in_channels``, ``features``).
+        loss: the ``module`` node of a ``conf/loss`` file (a ``_target_`` and its parameters).
+        supervision: ``box`` or ``label``: which mask of the batch the loss is given.
+        optimizer: a ``_target_`` optimizer config (``torch.optim.SGD``, ...) without params.
+        channels_last: use ``torch.channels_last_3d`` memory, faster for 3D convolutions.
+
+    All arguments are plain config values, saved in the checkpoint, so
+    ``LesionSegmenter.load_from_checkpoint(path)`` rebuilds the network alone.
+    """
+
+    def __init__(
+        self,
+        net: dict,
+        loss: dict,
+        supervision: str = "box",
+        optimizer: dict | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = UNet3D(**net)
+        self.loss_fn = instantiate(loss)
+        self.supervision = supervision
+        self.channels_last = channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        self.val_dice = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.val_empty = MeanMetric()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(B, 1, D, H, W)`` (float32) for a normalised image ``(B, 1, D, H, W)``."""
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        return self.net.probabilities(image)
+
+    def _loss_terms(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image = batch["image"][tio.DATA]
+        target = batch[self.supervision][tio.DATA].float()
+        probs = self(image)
+        return probs, self.loss_fn(image.float(), probs, target)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        probs, terms = self._loss_terms(batch)
+        batch_size = probs.shape[0]
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), batch_size=batch_size, prog_bar=name == "loss")
+        # The share of voxels predicted as lesion: it drops to 0 when training collapses.
+        self.log("train/foreground_fraction", (probs.detach() > 0.5).float().mean(), batch_size=batch_size)
+        return terms["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        probs, terms = self._loss_terms(batch)
+        self.val_loss.update(terms["loss"].detach())
+        prediction = probs.detach() > 0.5
+        self.val_empty.update(torch.tensor(float(not prediction.any())))
+        if "label" in batch:
+            self.val_dice.update(hard_dice(prediction, batch["label"][tio.DATA] > 0))
+
+    def on_validation_epoch_end(self) -> None:
+        # MeanMetric reduces across processes, so under DDP every rank logs the same value.
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.log("val/empty_fraction", self.val_empty.compute())
+        if self.val_dice.update_count:
+            self.log("val/dice", self.val_dice.compute(), prog_bar=True)
+        for metric in (self.val_loss, self.val_dice, self.val_empty):
+            metric.reset()
+
+    def configure_optimizers(self) -> Any:
+        config = self.hparams.optimizer or {"_target_": "torch.optim.SGD", "lr": 1e-5, "momentum": 0.9}
+        return instantiate(config, params=self.parameters())
+
+
+def hard_dice(prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Dice of two boolean masks ``(B, 1, D, H, W)``, averaged over the batch; 1 when both are empty."""
+    dims = tuple(range(1, prediction.ndim))
+    overlap = (prediction & truth).sum(dims).float()
+    total = prediction.sum(dims).float() + truth.sum(dims).float()
+    dice = torch.where(total > 0, 2 * overlap / total.clamp(min=1), torch.ones_like(total))
+    return dice.mean()
