@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from wspet.data.format import CaseEntry, load_image, load_label
-from wspet.inference import predict_probabilities
-from wspet.io import save_nifti, write_csv
+from wspet.inference import PostProcess, predict_mask, save_mask
+from wspet.io import write_csv
 from wspet.metrics import case_metrics
 from wspet.module import LesionSegmenter
 
@@ -21,7 +20,6 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = (
     "dice", "ude_mm", "hd95_mm", "lesions_found", "lesions_missed", "lesions_false", "pred_empty",
 )
-PostProcess = Callable[..., np.ndarray]
 
 
 def evaluate_cases(
@@ -42,12 +40,8 @@ def evaluate_cases(
     rows = []
     for case in cases:
         image = load_image(case.image)
-        probs = predict_probabilities(model, image.array, image.affine, window=window, overlap=overlap)
-        mask = probs > threshold
-        if postprocess is not None:
-            mask = postprocess(mask, image.array, image.spacing)
-        header = nib.load(str(case.image)).header
-        save_nifti(mask.astype(np.uint8), image.affine, out_dir / "predictions" / f"{case.name}_mask.nii.gz", header)
+        mask = predict_mask(model, image, postprocess, window, overlap, threshold)
+        save_mask(mask, image, out_dir / "predictions" / f"{case.name}_mask.nii.gz")
         if case.label is None:
             continue
         label = load_label(case.label, image)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
 
+from wspet.data.format import Volume
+from wspet.io import save_nifti
 from wspet.module import LesionSegmenter
+
+# fn(mask, image, spacing) -> mask: a step of conf/postprocess.
+PostProcess = Callable[[np.ndarray, np.ndarray, tuple], np.ndarray]
 
 
 def _check_window(window: Sequence[int], overlap: Sequence[int], divisor: int) -> tuple[tuple, tuple]:
@@ -50,3 +57,26 @@ def predict_probabilities(
         tensor = patches["image"][tio.DATA].to(model.device)
         aggregator.add_batch(model(tensor).float().cpu(), patches[tio.LOCATION])
     return aggregator.get_output_tensor()[0].numpy().astype(np.float32, copy=False)
+
+
+def predict_mask(
+    model: LesionSegmenter,
+    image: Volume,
+    postprocess: PostProcess | None = None,
+    window: Sequence[int] = (96, 96, 64),
+    overlap: Sequence[int] = (32, 32, 16),
+    threshold: float = 0.5,
+    batch_size: int = 2,
+) -> np.ndarray:
+    """Binary lesion mask ``(I, J, K)`` for ``image``: probabilities > ``threshold``, post-processed."""
+    probs = predict_probabilities(model, image.array, image.affine, window, overlap, batch_size)
+    mask = probs > threshold
+    if postprocess is not None:
+        mask = postprocess(mask, image.array, image.spacing)
+    return np.asarray(mask, dtype=bool)
+
+
+def save_mask(mask: np.ndarray, image: Volume, path: str | Path) -> Path:
+    """Write ``mask`` as uint8 NIfTI with the input image's affine and header, atomically."""
+    header = nib.load(str(image.path)).header
+    return save_nifti(mask.astype(np.uint8), image.affine, path, header)

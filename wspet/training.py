@@ -146,7 +146,11 @@ def fit_and_evaluate(cfg: DictConfig, stage_dir: Path, init_from: str | None, na
     loggers = build_loggers(cfg, stage_dir)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(stage_dir))
     trainer.fit(model, datamodule=datamodule)
-    best = Path(checkpoint.best_model_path or checkpoint.last_model_path)
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    if not best:  # fast_dev_run and limit_* runs save nothing; keep the weights they reached
+        best = stage_dir / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(best)
+    best = Path(best)
     result = StageResult(name=name, checkpoint=best, collapsed=guard.collapsed)
     if cfg.evaluate.split != "none" and trainer.is_global_zero:
         result.test_rows = evaluate_stage(cfg, best, stage_dir)

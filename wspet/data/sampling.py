@@ -4,24 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torchio as tio
 
 
-def box_sampling_weights(box: torch.Tensor, probability: float) -> torch.Tensor:
+def box_sampling_weights(box: torch.Tensor, probability: float, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per-voxel weights (same shape as ``box``) that put ``probability`` of the mass on the box.
 
-    Every box voxel gets ``probability / n_box`` and every other voxel
-    ``(1 - probability) / n_rest``, whatever the box's size; without a box (or without
-    background) the weights are uniform.
+    Among the ``valid`` voxels (all by default: those that may be a patch centre), every box
+    voxel gets ``probability / n_box`` and every other voxel ``(1 - probability) / n_rest``,
+    whatever the box's size; invalid voxels get 0. Without a valid box voxel (or without
+    valid background) the valid voxels are weighted uniformly.
     """
-    inside = box > 0
-    n_box = int(inside.sum())
-    n_rest = inside.numel() - n_box
-    weights = torch.ones(box.shape, dtype=torch.float64)
+    valid = torch.ones(box.shape, dtype=torch.bool) if valid is None else valid
+    inside = (box > 0) & valid
+    outside = ~(box > 0) & valid
+    n_box, n_rest = int(inside.sum()), int(outside.sum())
+    weights = valid.to(torch.float64)
     if n_box and n_rest:
         weights[inside] = probability / n_box
-        weights[~inside] = (1.0 - probability) / n_rest
+        weights[outside] = (1.0 - probability) / n_rest
     return weights
 
 
@@ -30,8 +33,7 @@ class BoxCentredSampler(tio.WeightedSampler):
 
     With uniform sampling of 64^3 patches the network sees mostly background and the sigmoid
     saturates to an all-background prediction; box-centred patches prevent that. Only the box
-    is read, never a label: weak supervision must not see the lesion masks. (TorchIO zeroes
-    the weights within half a patch of the border, so centres there are never drawn.)
+    is read, never a label: weak supervision must not see the lesion masks.
     """
 
     def __init__(self, patch_size: Sequence[int], probability: float = 0.7, box_key: str = "box") -> None:
@@ -41,4 +43,8 @@ class BoxCentredSampler(tio.WeightedSampler):
         self.probability = probability
 
     def get_probability_map(self, subject: tio.Subject) -> torch.Tensor:
-        return box_sampling_weights(subject[self.probability_map_name].data, self.probability)
+        box = subject[self.probability_map_name].data
+        # Only voxels at least half a patch from the border can be centres; share the mass there.
+        valid = np.ones(box.shape[1:])
+        self.clear_probability_borders(valid, self.patch_size)
+        return box_sampling_weights(box, self.probability, torch.from_numpy(valid > 0)[None])

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from wspet.data import format as dataset_format
+from wspet.data.datamodule import PetDataModule, split_validation
+from wspet.data.sampling import BoxCentredSampler, box_sampling_weights
+
+
+def test_split_is_seeded_and_disjoint(tiny_dataset):
+    cases = dataset_format.read_dataset(tiny_dataset).training
+    train_a, val_a = split_validation(cases, 0.34, seed=1)
+    train_b, val_b = split_validation(cases, 0.34, seed=1)
+    _, val_c = split_validation(cases, 0.34, seed=2)
+    assert [c.name for c in val_a] == [c.name for c in val_b]
+    assert len(val_a) == 2 and len(train_a) == 4
+    assert not {c.name for c in train_a} & {c.name for c in val_a}
+    assert [c.name for c in val_a] != [c.name for c in val_c] or len(cases) < 3
+
+
+def test_bad_val_fraction_refused(tiny_dataset):
+    cases = dataset_format.read_dataset(tiny_dataset).training
+    with pytest.raises(ValueError, match="1.5"):
+        split_validation(cases, 1.5, seed=0)
+
+
+def test_training_batches_hold_image_and_box_patches(tiny_dataset):
+    dm = PetDataModule(tiny_dataset, volume_size=(32, 32, 32), patch_size=(16, 16, 16), batch_size=2, val_fraction=0.34)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"]["data"].shape == (2, 1, 16, 16, 16)
+    assert batch["box"]["data"].shape == (2, 1, 16, 16, 16)
+    assert "label" not in batch  # weak supervision never sees a training label
+    image = batch["image"]["data"]
+    assert abs(float(image.mean())) < 1.5  # z-normalised input
+
+
+def test_validation_volumes_have_labels_for_the_metric_only(tiny_dataset):
+    dm = PetDataModule(tiny_dataset, volume_size=(32, 32, 32), patch_size=(16, 16, 16), val_fraction=0.34)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"]["data"].shape == (1, 1, 32, 32, 32)
+    assert "label" in batch
+    assert all("label" not in s for s in dm.train_subjects)
+
+
+def test_weak_setup_reads_no_training_label(tiny_dataset, monkeypatch):
+    read = []
+    original = dataset_format.load_label
+
+    def spy(path, image):
+        read.append(path)
+        return original(path, image)
+
+    monkeypatch.setattr("wspet.data.datamodule.load_label", spy)
+    dm = PetDataModule(tiny_dataset, volume_size=(32, 32, 32), patch_size=(16, 16, 16), val_fraction=0.34, val_labels=False)
+    dm.setup()
+    assert read == []  # every phantom case has boxes, so no label is needed
+    full = PetDataModule(tiny_dataset, supervision="label", volume_size=(32, 32, 32), patch_size=(16, 16, 16), val_fraction=0.34)
+    full.setup()
+    assert len(read) == 6 and all("label" in s for s in full.train_subjects)
+
+
+def test_box_sampling_weights_put_the_probability_on_the_box():
+    box = torch.zeros(1, 10, 10, 10)
+    box[0, 2:4, 2:4, 2:4] = 1
+    weights = box_sampling_weights(box, 0.7)
+    assert float(weights[box > 0].sum()) == pytest.approx(0.7)
+    assert float(weights.sum()) == pytest.approx(1.0)
+    assert torch.all(box_sampling_weights(torch.zeros(1, 4, 4, 4), 0.7) == 1.0)
+
+
+def test_sampled_patches_are_centred_in_the_box_as_often_as_asked():
+    import torchio as tio
+
+    torch.manual_seed(0)
+    box = torch.zeros(1, 40, 40, 40, dtype=torch.uint8)
+    box[0, 25:30, 10:15, 20:25] = 1
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(1, 40, 40, 40)), box=tio.LabelMap(tensor=box))
+    sampler = BoxCentredSampler((8, 8, 8), probability=0.7)
+    centred = [bool(p["box"].data[0, 4, 4, 4]) for p in sampler(subject, num_patches=400)]
+    assert np.mean(centred) == pytest.approx(0.7, abs=0.08)
+    with pytest.raises(ValueError, match="1.2"):
+        BoxCentredSampler((8, 8, 8), probability=1.2)
+
+
+def test_patch_larger_than_volume_refused(tiny_dataset):
+    with pytest.raises(ValueError, match="larger than volume_size"):
+        PetDataModule(tiny_dataset, volume_size=(32, 32, 32), patch_size=(48, 32, 32))

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from wspet.model.unet3d import UNet3D
+
+
+def test_paper_network_output_shape_and_range():
+    net = UNet3D()  # the paper's widths 16..256, 5 levels
+    x = torch.randn(1, 1, 32, 32, 16)
+    logits = net(x)
+    probs = net.probabilities(x)
+    assert logits.shape == (1, 1, 32, 32, 16)
+    assert probs.dtype == torch.float32
+    assert 0.0 <= probs.min().item() and probs.max().item() <= 1.0
+    assert torch.allclose(probs, torch.sigmoid(logits))
+
+
+def test_width_and_depth_are_configurable():
+    net = UNet3D(features=(4, 8, 16))
+    assert net.divisor == 4
+    assert net(torch.randn(2, 1, 8, 12, 16)).shape == (2, 1, 8, 12, 16)
+    small, large = (sum(p.numel() for p in m.parameters()) for m in (net, UNet3D()))
+    assert small < large
+
+
+def test_uses_selu_inside():
+    net = UNet3D(features=(4, 8))
+    assert any(isinstance(m, torch.nn.SELU) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in net.modules())
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [((1, 2, 16, 16, 16), "expects input"), ((1, 1, 16, 16), "expects input"), ((1, 1, 16, 16, 12), "divisible by 16")],
+)
+def test_bad_input_is_refused_with_the_shape(shape, message):
+    with pytest.raises(ValueError, match=message):
+        UNet3D()(torch.zeros(shape))
+
+
+def test_bad_features_refused():
+    with pytest.raises(ValueError, match=r"\[8\]"):
+        UNet3D(features=(8,))
+
+
+def test_bf16_autocast_still_returns_float32_probabilities():
+    net = UNet3D(features=(4, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probs = net.probabilities(torch.randn(1, 1, 8, 8, 8))
+    assert probs.dtype == torch.float32
