@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# A throw-away single-node Slurm cluster on 127.0.0.1, for the launcher tests.
+#
+#   bash scripts/local_slurm.sh start    # install (Debian, root) if needed, start, wait for an idle node
+#   bash scripts/local_slurm.sh status   # daemons, sinfo, squeue
+#   bash scripts/local_slurm.sh env      # shell lines to talk to it: eval "$(bash scripts/local_slurm.sh env)"
+#   bash scripts/local_slurm.sh stop     # cancel its jobs, stop the daemons this script started
+#
+# Exit status: 0 ok; 1 error; 2 usage; 3 (start) Slurm missing and not installable here;
+# 3 (status) not running.
+#
+# Everything (slurm.conf, munge key and socket, spool, logs, PIDs) lives in one state dir,
+# $WSPET_SLURM_DIR (default /tmp/wspet-slurm); nothing is written under /etc. Clients find the
+# cluster through SLURM_CONF and PATH from `env`: PATH puts a stand-in `sacct` first, because
+# this cluster keeps no accounting and submitit polls job states with sacct.
+#
+# Built for a root shell without systemd or cgroups (containers, CI VMs): no cgroup plugins,
+# SlurmUser=root, munged run as the munge user. Ports: $WSPET_SLURM_PORT (slurmctld, default
+# 6817) and the next one (slurmd).
+set -euo pipefail
+
+STATE_DIR=${WSPET_SLURM_DIR:-/tmp/wspet-slurm}
+CTLD_PORT=${WSPET_SLURM_PORT:-6817}
+SLURMD_PORT=$((CTLD_PORT + 1))
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CONF=$STATE_DIR/slurm.conf
+MUNGE_DIR=$STATE_DIR/munge
+MUNGE_SOCKET=$MUNGE_DIR/munge.socket.2
+PID_DIR=$STATE_DIR/pids
+FAKE_GPUS=2
+DAEMONS=(munged slurmctld slurmd)
+PACKAGES=(slurmctld slurmd slurm-client munge)
+
+log() { echo "local_slurm: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+# Exit status 3: Slurm is not installed and cannot be (not root, no apt, no network);
+# the tests skip on it rather than fail.
+cannot_install() { log "error: $*"; exit 3; }
+
+# Daemon PIDs are recorded by name; a PID counts only while /proc says it is still that program,
+# so a recycled PID is never signalled.
+recorded_pid() {
+    local name=$1 pid
+    [[ -s $PID_DIR/$name ]] || return 1
+    pid=$(<"$PID_DIR/$name")
+    [[ -r /proc/$pid/comm && $(</proc/"$pid"/comm) == "$name" ]] || return 1
+    echo "$pid"
+}
+
+running_count() {
+    local n=0 d
+    for d in "${DAEMONS[@]}"; do recorded_pid "$d" >/dev/null && n=$((n + 1)); done
+    echo "$n"
+}
+
+client_env() {
+    export SLURM_CONF=$CONF
+    export PATH=$STATE_DIR/bin:$PATH
+}
+
+install_packages() {
+    local missing=() p
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    [[ $(id -u) == 0 ]] || cannot_install "packages missing (${missing[*]}) and not root to install them"
+    command -v apt-get >/dev/null || cannot_install "packages missing (${missing[*]}) and no apt-get"
+    log "installing ${missing[*]}"
+    # No init system here, so invoke-rc.d blocks the packages' own service starts: the only
+    # daemons are the ones this script starts and records.
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >"$STATE_DIR/log/apt.log" 2>&1; then
+        log "apt-get install failed, running apt-get update once"
+        apt-get update -q >>"$STATE_DIR/log/apt.log" 2>&1 \
+            || cannot_install "apt-get update failed, see $STATE_DIR/log/apt.log"
+        apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$STATE_DIR/log/apt.log" 2>&1 \
+            || cannot_install "apt-get install failed, see $STATE_DIR/log/apt.log"
+    fi
+}
+
+write_munge_key() {
+    # munged insists on a key owned by its user, mode 400, in a dir others cannot write.
+    install -d -o munge -g munge -m 0755 "$MUNGE_DIR"
+    if [[ ! -s $MUNGE_DIR/munge.key ]]; then
+        dd if=/dev/urandom of="$MUNGE_DIR/munge.key" bs=1024 count=1 status=none
+    fi
+    chown munge:munge "$MUNGE_DIR/munge.key"
+    chmod 0400 "$MUNGE_DIR/munge.key"
+}
+
+write_slurm_conf() {
+    local host node_line
+    host=$(hostname -s)
+    # Hardware as slurmd itself sees it, so the node is never drained for "low resources".
+    node_line=$(slurmd -C | head -n 1)
+    [[ $node_line == NodeName=* ]] || die "unexpected 'slurmd -C' output: $node_line"
+    # Fake GPUs, so that jobs asking for --gpus-per-node (as the launcher config does by default)
+    # get scheduled here too. slurmd drops GPUs without device files and wants character devices:
+    # copies of /dev/null (1,3), or plain files where mknod is not allowed (slurmd logs an error
+    # but still counts them). No CUDA device is behind them.
+    local i
+    mkdir -p "$STATE_DIR/dev"
+    for ((i = 0; i < FAKE_GPUS; i++)); do
+        [[ -e $STATE_DIR/dev/gpu$i ]] || mknod -m 0666 "$STATE_DIR/dev/gpu$i" c 1 3 2>/dev/null \
+            || touch "$STATE_DIR/dev/gpu$i"
+    done
+    echo "Name=gpu File=$STATE_DIR/dev/gpu[0-$((FAKE_GPUS - 1))]" >"$STATE_DIR/gres.conf"
+    cat >"$CONF" <<EOF
+# Generated by scripts/local_slurm.sh; rewritten on every start.
+ClusterName=wspet-local
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# cred_expire also delays a requeued job's restart (default 120 s); short is fine on one node.
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
+StateSaveLocation=$STATE_DIR/ctld
+SlurmdSpoolDir=$STATE_DIR/slurmd
+SlurmctldPidFile=$STATE_DIR/run/slurmctld.pid
+SlurmdPidFile=$STATE_DIR/run/slurmd.pid
+SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
+SlurmdLogFile=$STATE_DIR/log/slurmd.log
+# No systemd/cgroups: track processes through /proc, no task binding, no accounting.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+MailProg=/bin/true
+SwitchType=switch/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+# Keep finished jobs visible to 'squeue -t all' for a day: the sacct stand-in answers from it.
+MinJobAge=86400
+ReturnToService=2
+SlurmdTimeout=60
+# submitit ignores SIGTERM in jobs (it waits for USR2), so cancelled jobs sit in COMPLETING
+# for KillWait before SIGKILL; the default 30 s only slows the tests down.
+KillWait=5
+GresTypes=gpu
+$node_line Gres=gpu:$FAKE_GPUS NodeAddr=127.0.0.1 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+start_daemon() {
+    local name=$1
+    shift
+    # setsid: the daemon outlives this shell and the caller's process group (pytest, CI step).
+    setsid "$@" </dev/null >>"$STATE_DIR/log/$name.out" 2>&1 &
+    echo $! >"$PID_DIR/$name"
+}
+
+wait_for() {
+    local what=$1 seconds=$2
+    shift 2
+    local deadline=$((SECONDS + seconds))
+    while ((SECONDS < deadline)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.25
+    done
+    die "$what not ready after ${seconds}s; logs in $STATE_DIR/log"
+}
+
+# Idle on a fresh start; busy states count too when it was already running with jobs.
+node_ready() { sinfo -h -o %t | grep -qxE 'idle|mix|alloc|comp'; }
+
+cmd_start() {
+    mkdir -p "$STATE_DIR"/{bin,ctld,slurmd,run,log,pids}
+    chmod 0755 "$STATE_DIR"
+    local n
+    n=$(running_count)
+    if ((n == ${#DAEMONS[@]})); then
+        client_env
+        wait_for "node" 60 node_ready
+        log "already running ($STATE_DIR)"
+        return 0
+    fi
+    ((n == 0)) || { log "only $n of ${#DAEMONS[@]} daemons alive, restarting"; cmd_stop; }
+    install_packages
+    # A failed start leaves nothing running behind it.
+    trap 'rc=$?; ((rc == 0)) || cmd_stop; exit $rc' EXIT
+    ln -sf "$REPO_DIR/scripts/sacct" "$STATE_DIR/bin/sacct"
+    write_munge_key
+    write_slurm_conf
+    client_env
+
+    # munged refuses root; setpriv execs (unlike runuser), so the recorded PID is munged's own.
+    start_daemon munged setpriv --reuid=munge --regid=munge --init-groups -- munged --foreground \
+        --socket="$MUNGE_SOCKET" --key-file="$MUNGE_DIR/munge.key" --pid-file="$MUNGE_DIR/munged.pid" \
+        --seed-file="$MUNGE_DIR/munged.seed" --log-file="$MUNGE_DIR/munged.log"
+    wait_for munged 20 munge --socket="$MUNGE_SOCKET" -n
+
+    start_daemon slurmctld slurmctld -D -f "$CONF"
+    wait_for slurmctld 30 scontrol ping
+    start_daemon slurmd slurmd -D -f "$CONF"
+    wait_for "node" 60 node_ready
+    trap - EXIT
+    log "started in $STATE_DIR; clients: eval \"\$(bash $0 env)\""
+}
+
+cmd_stop() {
+    local d pid
+    if recorded_pid slurmctld >/dev/null; then
+        client_env
+        # Jobs run under slurmstepd, which outlives slurmd: cancel them while slurmctld still answers.
+        if [[ -n $(squeue -h -o %i 2>/dev/null) ]]; then
+            scancel --user="$(id -un)" 2>/dev/null || true
+            for _ in $(seq 40); do [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.25; done
+        fi
+    fi
+    for d in slurmd slurmctld munged; do
+        pid=$(recorded_pid "$d") || { rm -f "$PID_DIR/$d"; continue; }
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "$d ($pid) ignored SIGTERM, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        rm -f "$PID_DIR/$d"
+        log "stopped $d ($pid)"
+    done
+}
+
+cmd_status() {
+    local d pid rc=0
+    for d in "${DAEMONS[@]}"; do
+        if pid=$(recorded_pid "$d"); then echo "$d: running ($pid)"; else echo "$d: stopped"; rc=3; fi
+    done
+    if ((rc == 0)); then
+        client_env
+        sinfo
+        squeue -t all
+    fi
+    return $rc
+}
+
+cmd_env() {
+    echo "export SLURM_CONF=$CONF"
+    echo "export PATH=$STATE_DIR/bin:\$PATH"
+}
+
+case ${1:-} in
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+env) cmd_env ;;
+*) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+esac
