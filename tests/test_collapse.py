@@ -1,0 +1,58 @@
+"""The collapse guard: a run whose predictions all turn to background is stopped, loudly."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import wspet.training as training
+from wspet.collapse import CollapseGuard, TrainingCollapsedError
+
+
+def fake_trainer(epoch, empty_fraction):
+    return SimpleNamespace(
+        sanity_checking=False, current_epoch=epoch, should_stop=False,
+        callback_metrics={"val/empty_fraction": torch.tensor(empty_fraction)},
+    )
+
+
+def test_guard_waits_for_warmup_and_patience():
+    guard = CollapseGuard(warmup_epochs=1, patience=2, on_collapse="stop")
+    steps = [(0, 1.0), (1, 1.0), (2, 0.5), (3, 1.0), (4, 1.0)]
+    stopped = []
+    for epoch, empty in steps:
+        trainer = fake_trainer(epoch, empty)
+        guard.on_validation_end(trainer, None)
+        stopped.append(trainer.should_stop)
+    assert stopped == [False, False, False, False, True]
+    assert guard.collapsed and guard.state_dict() == {"empty_epochs": 2, "collapsed": True}
+
+
+def test_guard_can_raise_or_ignore():
+    with pytest.raises(TrainingCollapsedError, match="model.optimizer.lr"):
+        CollapseGuard(warmup_epochs=0, patience=1, on_collapse="error").on_validation_end(fake_trainer(0, 1.0), None)
+    trainer = fake_trainer(0, 1.0)
+    CollapseGuard(warmup_epochs=0, patience=1, on_collapse="ignore").on_validation_end(trainer, None)
+    assert trainer.should_stop is False
+    with pytest.raises(ValueError, match="'sometimes'"):
+        CollapseGuard(on_collapse="sometimes")
+
+
+def test_a_collapsed_run_is_stopped_and_marked(train_config, tmp_path, monkeypatch):
+    original = training.build_model
+
+    def saturated_model(cfg, init_from):
+        model = original(cfg, init_from)
+        torch.nn.init.constant_(model.net.head.bias, -50.0)  # the sigmoid saturates at 0 everywhere
+        return model
+
+    monkeypatch.setattr(training, "build_model", saturated_model)
+    overrides = [
+        "loss=dice", "trainer.max_epochs=4", "trainer.limit_train_batches=1", "model.optimizer.lr=0.0",
+        "callbacks.collapse_guard.warmup_epochs=0", "callbacks.collapse_guard.patience=2",
+    ]
+    summary = training.train(train_config(tmp_path, overrides))
+    assert summary["collapsed"] is True
+    assert summary["test"]["n_pred_empty"] == 2
+    epochs = {line.split(",")[0] for line in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[1:]}
+    assert epochs - {""} == {"0", "1"}  # stopped after two empty validations, not four ("" holds the test metrics)
