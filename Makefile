@@ -41,3 +41,6 @@ clean:
 
 test-slurm: install
 	$(PY) -m pytest -m slurm tests/slurm $(ARGS)
+
+bench: install
+	$(PY) -m wspet.bench $(ARGS)
