@@ -33,3 +33,13 @@ def test_sliding_window_matches_one_whole_window_where_it_fits():
 def test_bad_window_refused(window, overlap, message):
     with pytest.raises(ValueError, match=message):
         predict_probabilities(tiny_model(), np.ones((16, 16, 16), np.float32), np.eye(4), window, overlap)
+
+
+def test_a_volume_the_window_covers_takes_one_forward_pass(monkeypatch):
+    model = tiny_model()
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: (calls.append(x.shape[0]), forward(x))[1])
+    image = np.random.default_rng(2).gamma(2.0, 0.5, size=(16, 16, 12)).astype(np.float32)
+    probs = predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(8, 8, 8), batch_size=8)
+    assert sum(calls) == 1 and probs.shape == (16, 16, 12)

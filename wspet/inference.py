@@ -47,8 +47,16 @@ def predict_probabilities(
     if image.ndim != 3:
         raise ValueError(f"image shape {image.shape} is not 3D")
     window, overlap = _check_window(window, overlap, model.net.divisor)
+    # Along an axis the window already covers, overlap would only add padded windows.
+    overlap = tuple(0 if n <= w else o for n, w, o in zip(image.shape, window, overlap))
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(np.asarray(image, np.float32))[None], affine=affine))
     subject = tio.ZNormalization(include=["image"])(subject)
+    # A volume smaller than the window is padded (with its minimum, the background) and the
+    # prediction cropped back, so any size can be predicted.
+    short = [max(0, w - n) for n, w in zip(image.shape, window)]
+    padding = [p for s in short for p in (s // 2, s - s // 2)]
+    if any(padding):
+        subject = tio.Pad(padding, padding_mode="minimum")(subject)
     sampler = tio.GridSampler(subject, patch_size=window, patch_overlap=overlap, padding_mode="minimum")
     aggregator = tio.GridAggregator(sampler, overlap_mode="hann")
     loader = torch.utils.data.DataLoader(sampler, batch_size=batch_size)
@@ -56,7 +64,9 @@ def predict_probabilities(
     for patches in loader:
         tensor = patches["image"][tio.DATA].to(model.device)
         aggregator.add_batch(model(tensor).float().cpu(), patches[tio.LOCATION])
-    return aggregator.get_output_tensor()[0].numpy().astype(np.float32, copy=False)
+    probs = aggregator.get_output_tensor()[0].numpy().astype(np.float32, copy=False)
+    i, j, k = (slice(padding[2 * a], padding[2 * a] + image.shape[a]) for a in range(3))
+    return probs[i, j, k]
 
 
 def predict_mask(
