@@ -11,7 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from wspet.data.format import read_dataset, case_name, load_image
+from wspet.data.check import validate_images
+from wspet.data.format import case_name, load_image, read_dataset
 from wspet.inference import predict_mask, save_mask
 from wspet.module import LesionSegmenter
 
@@ -38,7 +39,8 @@ def find_inputs(input_path: str | Path, split: str = "test") -> list[tuple[str, 
         raise FileNotFoundError(f"{path}: input does not exist")
     if (path / "dataset.json").is_file():
         return [(case.name, case.image) for case in read_dataset(path).split(split)]
-    files = sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    # Dot files are hidden, and temporaries of interrupted atomic writes are named ".<name>.*".
+    files = sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
     if not files:
         raise ValueError(f"{path}: no NIfTI files and no dataset.json in this folder")
     return [(case_name(p), p) for p in files]
@@ -77,6 +79,10 @@ def predict(cfg: DictConfig) -> list[Path]:
     """Write ``<output>/<case>_mask.nii.gz`` for every input; return the written paths."""
     output = Path(cfg.output)
     jobs = plan_jobs(find_inputs(cfg.input, cfg.split), output, cfg.overwrite)
+    report = validate_images([job.image for job in jobs])
+    for warning in report.warnings:
+        log.warning(warning)
+    report.raise_if_problems()
     model = load_model(cfg.ckpt, choose_device(cfg.device))
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
     written = []

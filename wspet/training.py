@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wspet.collapse import CollapseGuard
+from wspet.data.check import validate_dataset
 from wspet.data.datamodule import PetDataModule
 from wspet.data.format import read_dataset
 from wspet.data.phantom import write_phantom_dataset
@@ -49,6 +50,7 @@ def train(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ensure_dataset(cfg.data)
+    check_dataset(cfg)
     write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     stages = []
     init_from = cfg.model.init_from
@@ -71,6 +73,20 @@ def ensure_dataset(data_cfg: DictConfig) -> None:
     spec = data_cfg.phantom
     log.info("making the phantom dataset in %s", root)
     write_phantom_dataset(root, n_train=spec.cases, n_test=spec.test_cases, seed=spec.seed, shape=tuple(spec.shape))
+
+
+def check_dataset(cfg: DictConfig) -> None:
+    """Validate every case before any training time is spent; raise listing every problem."""
+    report = validate_dataset(
+        cfg.data.root,
+        supervision=cfg.loss.supervision,
+        box_margin_mm=cfg.data.box_margin_mm,
+        max_spacing_ratio=cfg.data.max_spacing_ratio,
+    )
+    for warning in report.warnings:
+        log.warning(warning)
+    report.raise_if_problems()
+    log.info(report.summary())
 
 
 def needs_pretraining(cfg: DictConfig) -> bool:
@@ -161,7 +177,8 @@ def fit_and_evaluate(cfg: DictConfig, stage_dir: Path, init_from: str | None, na
 
 def _data_arguments(data_cfg: DictConfig) -> dict:
     arguments = OmegaConf.to_container(data_cfg, resolve=True)
-    arguments.pop("phantom", None)
+    for key in ("phantom", "max_spacing_ratio"):  # used before the data module, not by it
+        arguments.pop(key, None)
     return arguments
 
 
