@@ -22,16 +22,16 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import nibabel as nib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from wspet.io import atomic_path, write_text
 from wspet.metrics import case_metrics
 from wspet.metrics.lesions import label_components
 from wspet.reference_rows import REFERENCE_ROWS
@@ -564,27 +564,14 @@ def default_figure_experiment(rows: Sequence[ResultRow], runs: Sequence[RunRecor
 # ------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write via a temp file in the same folder, then os.replace: readers never see a
-    half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _atomic_text(path: Path, text: str) -> Path:
-    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return write_text(path, text)
 
 
 def _atomic_savefig(fig: Figure, path: Path) -> Path:
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return path
 
 
 def write_report(

@@ -20,19 +20,19 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Sequence
 
-import nibabel as nib
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import DA, DT, TM
+
+from wspet.io import save_nifti
 
 # DICOM LPS -> nibabel RAS+: negate x and y.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -447,20 +447,7 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, out_path: str | os.PathLi
         raise ValueError(f"{out_path}: array shape {array.shape} is not 3-D")
     if not str(out_path).endswith((".nii", ".nii.gz")):
         raise ValueError(f"{out_path}: output must end in .nii or .nii.gz")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    image = nib.Nifti1Image(array, affine)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    image.header.set_xyzt_units("mm", "sec")
-    suffix = ".nii.gz" if str(out_path).endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        nib.save(image, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_nifti(array, affine, out_path)
     return out_path
 
 

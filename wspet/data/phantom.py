@@ -29,11 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
 from wspet.data.boxes import Box, box_dice, boxes_from_label, grow_box
+from wspet.io import save_nifti, write_text
 
 DATASET_NAME = "wspet-phantom-hn"
 GENERATOR_VERSION = 1
@@ -588,29 +588,19 @@ def global_threshold_dice(image: np.ndarray, label: np.ndarray, threshold: float
 
 _SPLITS = (("training", "imagesTr", "labelsTr"), ("test", "imagesTs", "labelsTs"))
 _CASE_FILE = re.compile(r"hn_\d{3,}\.nii\.gz")
-_TMP = ".tmp-"
+_TMP = "."  # wspet.io writes temporaries as ".<name>.<random>"
 
 
 def _save_nifti(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
-    """Write atomically: a reader never sees a half-written case."""
-    affine = np.diag([*spacing, 1.0])
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_xyzt_units("mm", "sec")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    tmp = path.with_name(_TMP + path.name)  # still ends in .nii.gz, so nibabel gzips it
-    nib.save(image, tmp)
-    os.replace(tmp, path)
+    save_nifti(array, np.diag([*spacing, 1.0]), path)
 
 
 def _save_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(_TMP + path.name)
     text = json.dumps(data, indent=1)
     # One line per box (and per shape or spacing) keeps the file readable.
     text = re.sub(r"\[[\d\s,.eE+-]*\]", lambda m: "[" + " ".join(m.group(0)[1:-1].split()) + "]",
                   text)
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    write_text(path, text + "\n")
 
 
 def _existing_set(out: Path) -> dict | None:
@@ -800,7 +790,8 @@ def _remove_strays(out: Path, entries: dict[str, list[dict]]) -> None:
                 if path not in keep:
                     path.unlink()
     for path in out.glob(_TMP + "*"):
-        path.unlink()
+        if path.is_file():
+            path.unlink()
 
 
 # --------------------------------------------------------------------------- CLI
