@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 DATA ?= data/phantom
 SMOKE_DIR ?= outputs/smoke
 
-.PHONY: install data train test test-slow test-slurm smoke bench clean
+.PHONY: install data train test test-slow test-slurm smoke ablation ablation-smoke bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -44,3 +44,16 @@ test-slurm: install
 
 bench: install
 	$(PY) -m wspet.bench $(ARGS)
+
+# The paper's Figure 1 as one Hydra multirun over experiments and seeds, then the report
+# (results.csv, results.md, figure1.png, figure2.png in the sweep folder).
+ABLATION_EXPERIMENTS ?= fs,dice,mdice,mdice_ms,mdice_ms_morph,dice_levelset
+SEEDS ?= 0,1,2
+SWEEP_DIR ?= outputs/ablation/$(shell date +%Y-%m-%d_%H-%M-%S)
+ablation: install data
+	$(PY) train.py -m experiment=$(ABLATION_EXPERIMENTS) seed=$(SEEDS) data.root=$(DATA) \
+	    trainer.enable_progress_bar=false hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
+	$(PY) -m wspet.report $(SWEEP_DIR)
+
+ablation-smoke: install
+	bash scripts/ablation_smoke.sh

@@ -246,10 +246,10 @@ def _reference(runs):
 
 @pytest.mark.parametrize("k_sign, superior_up", [(1.0, True), (-1.0, False)])
 def test_superior_end_of_k_comes_from_the_affine(k_sign, superior_up):
-    from wspet.report import _superior_is_increasing_k
+    from wspet.overlays import superior_is_increasing_k
 
     pet = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.diag([2.0, 2.0, 3.0 * k_sign, 1]))
-    assert _superior_is_increasing_k(pet) is superior_up
+    assert superior_is_increasing_k(pet.affine) is superior_up
 
 
 def test_cli_writes_to_out_dir(report, tmp_path):

@@ -32,8 +32,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wspet.io import atomic_path, write_text
+from wspet.overlays import draw_case
 from wspet.metrics import case_metrics
-from wspet.metrics.lesions import label_components
 from wspet.reference_rows import REFERENCE_ROWS
 
 METRICS = (
@@ -62,8 +62,6 @@ PAPER_ORDER = (
 # Experiments trained with the full labels (not weak): never Figure 2's default.
 FULLY_SUPERVISED = frozenset({"fs"})
 
-PREDICTION_COLOUR = "#00c000"  # green, as in the paper's Figure 2
-TRUTH_COLOUR = "#b030e0"  # purple
 
 ResultRow = dict[str, Any]
 
@@ -443,55 +441,6 @@ def plot_figure1(rows: Sequence[ResultRow], path: str | os.PathLike) -> Path:
     return _atomic_savefig(fig, Path(path))
 
 
-def _largest_lesion_centre(mask: np.ndarray) -> tuple[int, int, int]:
-    """Rounded centroid (i, j, k) of the largest 26-connected component of `mask`, or
-    the volume centre for an empty mask."""
-    labels, count = label_components(mask)
-    if count == 0:
-        return tuple(n // 2 for n in mask.shape)  # type: ignore[return-value]
-    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    centre = np.argwhere(labels == largest).mean(axis=0)
-    return tuple(int(round(c)) for c in centre)  # type: ignore[return-value]
-
-
-def _superior_is_increasing_k(pet: Any) -> bool:
-    # Array axis k is superior-inferior; which end is superior comes from the affine.
-    return nib.aff2axcodes(pet.affine)[2] != "I"
-
-
-def _intensity_window(image: np.ndarray) -> tuple[float, float]:
-    """Grey window: SUV 0 to min(10, 99.9th percentile), so hot lesions show clearly and
-    a normalised (non-SUV) image still fills the range."""
-    low = min(0.0, float(np.percentile(image, 0.5)))
-    high = min(10.0, float(np.percentile(image, 99.9)))
-    if high <= low:
-        high = float(image.max()) if image.max() > low else low + 1.0
-    return low, high
-
-
-def _show_slice(ax, image2d, pred2d, truth2d, aspect: float, window, superior_up: bool) -> None:
-    """Show (horizontal, k) slices with k vertical and superior at the top."""
-    flip = (lambda a: a.T) if superior_up else (lambda a: a.T[::-1])
-    ax.imshow(flip(image2d), cmap="gray", vmin=window[0], vmax=window[1],
-              origin="lower", aspect=aspect, interpolation="nearest")
-    # Truth drawn wider and first, so a prediction on top of it leaves a purple rim.
-    for mask, colour, width in ((truth2d, TRUTH_COLOUR, 2.4), (pred2d, PREDICTION_COLOUR, 1.2)):
-        if mask.any():  # contour of an all-False slice warns and draws nothing
-            _outline(ax, flip(mask), colour, width)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _outline(ax, mask2d: np.ndarray, colour: str, width: float, upsample: int = 8) -> None:
-    """Outline a 2-D mask along its voxel edges: a contour of the nearest-neighbour
-    upsampled mask, placed on imshow's grid (voxel centres at integers), rather than a
-    contour through the voxel centres, which would cut every corner."""
-    fine = np.kron(mask2d.astype(float), np.ones((upsample, upsample)))
-    rows = (np.arange(fine.shape[0]) + 0.5) / upsample - 0.5
-    cols = (np.arange(fine.shape[1]) + 0.5) / upsample - 0.5
-    ax.contour(cols, rows, fine, levels=[0.5], colors=colour, linewidths=width)
-
-
 def plot_figure2(
     rows: Sequence[ResultRow],
     runs: Sequence[RunRecord],
@@ -526,17 +475,8 @@ def plot_figure2(
         case = cases[row["case"]]
         image, truth, spacing, pet = _load_case(case)
         pred = _figure_prediction(experiment, row, runs, image, truth)
-        i, j, _ = _largest_lesion_centre(truth)
-        window = _intensity_window(image)
-        up = _superior_is_increasing_k(pet)
-        si, sj, sk = spacing
-        _show_slice(ax_row[0], image[:, j, :], pred[:, j, :], truth[:, j, :], sk / si, window, up)
-        _show_slice(ax_row[1], image[i, :, :], pred[i, :, :], truth[i, :, :], sk / sj, window, up)
         seed = "" if row["seed"] is None else f", seed {row['seed']}"
-        ax_row[0].set_title(f"{kind}: {case.name}{seed}, Dice {row['dice']:.2f} (coronal)",
-                            fontsize=9)
-        ax_row[1].set_title(f"{kind}: {case.name}{seed}, Dice {row['dice']:.2f} (sagittal)",
-                            fontsize=9)
+        draw_case(ax_row, image, pred, truth, spacing, pet.affine, f"{kind}: {case.name}{seed}, Dice {row['dice']:.2f}")
     fig.suptitle(f"{experiment}: prediction (green) and ground truth (purple)", fontsize=11)
     return _atomic_savefig(fig, Path(path))
 
