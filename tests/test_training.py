@@ -19,6 +19,7 @@ def test_train_runs_each_loss_and_writes_the_run_folder(train_config, tmp_path, 
     assert 0.0 <= summary["test"]["dice"] <= 1.0
     assert summary["test"]["n_cases"] == 2
     assert (tmp_path / "summary.json").is_file()
+    assert (tmp_path / "overlays.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "summary.json").read_text())["experiment"] == loss
     assert (tmp_path / "test_metrics.csv").read_text().count("\n") == 3  # header + 2 cases
     assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["hn_006_mask.nii.gz", "hn_007_mask.nii.gz"]

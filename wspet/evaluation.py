@@ -7,13 +7,15 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from wspet.data.format import CaseEntry, load_image, load_label
 from wspet.inference import PostProcess, predict_mask, save_mask
-from wspet.io import write_csv
+from wspet.io import atomic_path, write_csv
 from wspet.metrics import case_metrics
 from wspet.module import LesionSegmenter
+from wspet.overlays import overlay_figure
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,29 @@ def evaluate_cases(
         log.info("%s: Dice %.3f", case.name, rows[-1]["dice"])
     if rows:
         write_csv(out_dir / "test_metrics.csv", rows, ["case", *METRIC_COLUMNS])
+        write_overlays(out_dir, cases, rows)
     return rows
+
+
+def write_overlays(out_dir: Path, cases: Sequence[CaseEntry], rows: Sequence[dict]) -> Path:
+    """``out_dir/overlays.png``: the best and the worst test case by Dice, as in Figure 2."""
+    by_name = {case.name: case for case in cases}
+    chosen = {"best": max(rows, key=lambda r: r["dice"]), "worst": min(rows, key=lambda r: r["dice"])}
+    panels = []
+    for kind, row in chosen.items():
+        case = by_name[row["case"]]
+        image = load_image(case.image)
+        mask = np.asarray(nib.load(str(out_dir / "predictions" / f"{case.name}_mask.nii.gz")).dataobj) > 0
+        panels.append({
+            "image": image.array, "pred": mask, "truth": load_label(case.label, image) > 0,
+            "spacing": image.spacing, "affine": image.affine,
+            "title": f"{kind}: {case.name}, Dice {row['dice']:.2f}",
+        })
+    figure = overlay_figure(panels, "prediction (green) and ground truth (purple)")
+    path = out_dir / "overlays.png"
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    return path
 
 
 def mean_metrics(rows: Sequence[dict]) -> dict[str, float]:
