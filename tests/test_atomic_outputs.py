@@ -174,7 +174,7 @@ def test_sigkill_during_conversion_leaves_only_whole_files(tmp_path):
         finals = [p for f in folders for p in f.iterdir() if not p.name.startswith(".")]
         return len(finals) >= 1 and any(temporaries(f) for f in folders)
 
-    assert _kill_converter(converter, out, partial), "no write in progress was seen"
+    assert kill_when(converter, out, partial), "no write in progress was seen"
     finals = [p for p in out.rglob("*.nii.gz") if not p.name.startswith(".")]  # pathlib globs match dot files
     images = [p for p in finals if p.parent.name.startswith("images")]
     labels = [p for p in finals if p.parent.name.startswith("labels")]
@@ -187,18 +187,53 @@ def test_sigkill_during_conversion_leaves_only_whole_files(tmp_path):
     assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # inputs untouched
 
 
-def _kill_converter(converter: subprocess.Popen, out: Path, partial) -> bool:
+def kill_when(process: subprocess.Popen, out: Path, partial) -> bool:
+    """SIGKILL ``process`` as soon as ``partial(out)`` holds; return whether it did (or timed out)."""
     deadline = time.monotonic() + 60
     seen = False
-    while time.monotonic() < deadline and converter.poll() is None:
+    while time.monotonic() < deadline and process.poll() is None:
         if out.is_dir() and partial(out):
             seen = True
             break
         time.sleep(0.002)
-    converter.kill()
-    converter.wait(timeout=20)
-    converter.stdout.close()
+    process.kill()
+    process.wait(timeout=20)
+    process.stdout.close()
     return seen
+
+
+def test_sigkill_during_predict_leaves_only_whole_masks(tmp_path):
+    import lightning as L
+    import torch
+
+    from wspet.module import LesionSegmenter
+
+    torch.manual_seed(0)
+    model = LesionSegmenter(net={"features": [4, 8]}, loss={"_target_": "wspet.losses.DiceLoss"})
+    trainer = L.Trainer(max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    checkpoint = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    inputs, shape = tmp_path / "scans", (192, 192, 96)
+    inputs.mkdir()
+    for i in range(12):
+        image = np.random.default_rng(i).gamma(2.0, 0.5, size=shape).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), inputs / f"scan_{i:02d}.nii.gz")
+    seen = False
+    for attempt in range(3):
+        out = tmp_path / f"out{attempt}"
+        predictor = subprocess.Popen(
+            [sys.executable, "predict.py", f"ckpt={checkpoint}", f"input={inputs}", f"output={out}",
+             "window=[96,96,96]", "overlap=[0,0,0]", "device=cpu"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=Path(__file__).resolve().parents[1],
+        )
+        seen = kill_when(predictor, out, lambda o: bool(temporaries(o)))
+        masks = [p for p in out.glob("*_mask.nii.gz") if not p.name.startswith(".")] if out.is_dir() else []
+        for path in masks:  # every final mask is whole: it loads in full, on the input's grid
+            assert np.asarray(nib.load(path).dataobj).shape == shape
+        if seen:
+            break
+    assert seen, "no mask write in progress was seen in three tries"
 
 
 if __name__ == "__main__":
