@@ -1,4 +1,8 @@
-"""Predict lesion masks for new PET scans: `python predict.py ckpt=... input=... output=...`."""
+"""Predict lesion masks for new PET scans: `python predict.py ckpt=... input=... output=...`.
+
+`input` is a NIfTI file, a folder of them, a dataset folder or a DICOM PET series folder; see
+docs/prediction.md for the outputs (mask, lesion CSV, MIP picture, SUV volume).
+"""
 
 import os
 from pathlib import Path

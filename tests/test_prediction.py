@@ -1,19 +1,29 @@
-"""predict.py: masks with the input's affine, every input form, refusal to overwrite."""
+"""predict.py: every input form (NIfTI, folders, datasets, DICOM series), the outputs (mask with the
+input's affine, lesion CSV, MIP picture, SUV volume), and refusal to overwrite any of them."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 from omegaconf import OmegaConf
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
 
+import wspet.prediction
+from wspet.measurements import LESION_COLUMNS
 from wspet.module import LesionSegmenter
 from wspet.prediction import find_inputs, plan_jobs, predict
 
 REPO = Path(__file__).resolve().parents[1]
+AFFINE = np.array([[-4.0, 0, 0, 100.0], [0, -4.0, 0, 80.0], [0, 0, 3.27, -500.0], [0, 0, 0, 1]])
 
 
 @pytest.fixture(scope="module")
@@ -31,30 +41,137 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def scan(tmp_path) -> Path:
-    affine = np.array([[-4.0, 0, 0, 100.0], [0, -4.0, 0, 80.0], [0, 0, 3.27, -500.0], [0, 0, 0, 1]])
     image = np.random.default_rng(0).gamma(2.0, 0.5, size=(20, 24, 18)).astype(np.float32)
     path = tmp_path / "inputs" / "patient 1.nii.gz"
     path.parent.mkdir()
-    nib.save(nib.Nifti1Image(image, affine), path)
+    nib.save(nib.Nifti1Image(image, AFFINE), path)
     return path
 
 
 def predict_config(checkpoint, input_path, output, **extra):
     return OmegaConf.create({
         "ckpt": str(checkpoint), "input": str(input_path), "split": "test", "output": str(output),
-        "overwrite": False, "window": [16, 16, 16], "overlap": [4, 4, 4], "batch_size": 2,
+        "overwrite": False, "lesions_csv": True, "mip_png": True, "save_suv": False,
+        "window": [16, 16, 16], "overlap": [4, 4, 4], "batch_size": 2,
         "threshold": 0.5, "device": "cpu", "postprocess": {"name": "none", "fn": None}, **extra,
     })
 
 
+# A tiny DICOM PET series. ADMIN decay correction: SUV = stored value x weight / dose, here / 1000.
+DICOM_SPACING = (4.0, 4.0, 3.0)  # column, row, slice spacing in mm
+DICOM_ORIGIN = (-20.0, -30.0, 100.0)  # LPS mm of the first voxel
+
+
+def write_dicom_series(folder: Path, raw: np.ndarray, patient_id: str | None = "PT 7/a", suffix: str = ".dcm") -> Path:
+    """One PET slice file per k of ``raw`` (I, J, K) = (columns, rows, slices), int16 stored values."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid()
+    for k in range(raw.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = PositronEmissionTomographyImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality = "PT"
+        if patient_id is not None:
+            ds.PatientID = patient_id
+        ds.SeriesInstanceUID, ds.FrameOfReferenceUID = series_uid, "1.2.3.4"
+        ds.SeriesDate, ds.SeriesTime = "20200101", "113000"
+        ds.Units, ds.DecayCorrection, ds.PatientWeight = "BQML", "ADMIN", 70.0
+        radio = Dataset()
+        radio.RadionuclideTotalDose = 7.0e7
+        ds.RadiopharmaceuticalInformationSequence = Sequence([radio])
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.ImagePositionPatient = [DICOM_ORIGIN[0], DICOM_ORIGIN[1], DICOM_ORIGIN[2] + DICOM_SPACING[2] * k]
+        ds.PixelSpacing = [DICOM_SPACING[1], DICOM_SPACING[0]]  # row spacing, column spacing
+        ds.SliceThickness = DICOM_SPACING[2]
+        ds.RescaleSlope, ds.RescaleIntercept = 1.0, 0.0
+        plane = np.ascontiguousarray(raw[:, :, k].T.astype("<i2"))  # (rows, columns)
+        ds.Rows, ds.Columns = plane.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = plane.tobytes()
+        ds.save_as(folder / f"{k:04d}{suffix}", enforce_file_format=True)
+    return folder
+
+
+def dicom_raw(shape=(20, 18, 12)) -> np.ndarray:
+    return np.random.default_rng(5).integers(0, 4000, size=shape).astype(np.int16)
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames), list(reader)
+
+
+def red_pixels(png: Path) -> int:
+    """Pixels of the lesion outline colour (#e41a1c): the grey MIP and black text have none."""
+    rgb = matplotlib.image.imread(png)[..., :3]
+    return int(np.count_nonzero((rgb[..., 0] > 0.7) & (rgb[..., 1] < 0.35) & (rgb[..., 2] < 0.35)))
+
+
+# --------------------------------------------------------------------------- NIfTI inputs
+
+
 def test_mask_keeps_the_input_affine_and_shape(checkpoint, scan, tmp_path):
     written = predict(predict_config(checkpoint, scan, tmp_path / "out"))
-    assert [p.name for p in written] == ["patient 1_mask.nii.gz"]
+    assert [p.name for p in written] == ["patient 1_mask.nii.gz", "patient 1_lesions.csv", "patient 1_mip.png"]
     mask = nib.load(written[0])
     source = nib.load(scan)
     assert mask.shape == source.shape
     assert np.allclose(mask.affine, source.affine)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    columns, rows = read_csv(written[1])
+    assert columns == ["case", *LESION_COLUMNS]
+    assert {row["case"] for row in rows} <= {"patient 1"}
+    assert sum(int(row["n_voxels"]) for row in rows) == int(np.asarray(mask.dataobj).sum())
+    assert written[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_only_the_mask_when_the_extras_are_off(checkpoint, scan, tmp_path):
+    cfg = predict_config(checkpoint, scan, tmp_path / "out", lesions_csv=False, mip_png=False, save_suv=True)
+    written = predict(cfg)
+    assert [p.name for p in written] == ["patient 1_mask.nii.gz"]  # save_suv: DICOM inputs only
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["patient 1_mask.nii.gz"]
+
+
+def test_lesion_csv_and_mip_of_a_known_mask(checkpoint, tmp_path, monkeypatch):
+    suv = np.ones((20, 24, 18), np.float32)
+    suv[2:4, 2:4, 2:4] = 5.0
+    suv[3, 3, 3] = 9.0
+    suv[15, 18, 12] = 3.0
+    path = tmp_path / "known.nii.gz"
+    nib.save(nib.Nifti1Image(suv, AFFINE), path)
+    known = np.zeros(suv.shape, bool)
+    known[2:4, 2:4, 2:4] = True
+    known[15, 18, 12] = True
+    monkeypatch.setattr(wspet.prediction, "predict_mask", lambda *args, **kwargs: known)
+    written = predict(predict_config(checkpoint, path, tmp_path / "out"))
+    columns, rows = read_csv(tmp_path / "out" / "known_lesions.csv")
+    assert columns == ["case", *LESION_COLUMNS]
+    voxel_ml = 4.0 * 4.0 * 3.27 / 1000
+    cube, dot = rows
+    assert cube["case"] == dot["case"] == "known"
+    assert (int(cube["lesion"]), int(cube["n_voxels"]), int(dot["n_voxels"])) == (1, 8, 1)
+    assert float(cube["volume_ml"]) == pytest.approx(8 * voxel_ml)
+    assert (float(cube["suv_max"]), float(cube["suv_mean"])) == pytest.approx((9.0, 5.5))
+    assert float(cube["tlg"]) == pytest.approx(5.5 * 8 * voxel_ml)
+    assert [int(cube[c]) for c in ("i0", "j0", "k0", "i1", "j1", "k1")] == [2, 2, 2, 4, 4, 4]
+    assert [int(cube[c]) for c in ("peak_i", "peak_j", "peak_k")] == [3, 3, 3]
+    centre = AFFINE @ [2.5, 2.5, 2.5, 1]
+    assert [float(cube[f"centroid_{a}_mm"]) for a in "xyz"] == pytest.approx(centre[:3].tolist())
+    assert (float(dot["suv_max"]), float(dot["volume_ml"])) == pytest.approx((3.0, voxel_ml))
+    assert nib.load(written[0]).get_fdata().sum() == 9
+    assert red_pixels(tmp_path / "out" / "known_mip.png") > 10  # the outlines are drawn
+
+    monkeypatch.setattr(wspet.prediction, "predict_mask", lambda *args, **kwargs: np.zeros(suv.shape, bool))
+    predict(predict_config(checkpoint, path, tmp_path / "empty"))
+    columns, rows = read_csv(tmp_path / "empty" / "known_lesions.csv")
+    assert (columns, rows) == (["case", *LESION_COLUMNS], [])  # the header, with its case column
+    assert red_pixels(tmp_path / "empty" / "known_mip.png") == 0
 
 
 def test_refuses_to_overwrite_unless_asked(checkpoint, scan, tmp_path):
@@ -63,7 +180,31 @@ def test_refuses_to_overwrite_unless_asked(checkpoint, scan, tmp_path):
     with pytest.raises(FileExistsError, match="exists"):
         predict(cfg)
     cfg.overwrite = True
-    assert len(predict(cfg)) == 1
+    assert len(predict(cfg)) == 3
+
+
+@pytest.mark.parametrize("existing, option", [("a_lesions.csv", "lesions_csv"), ("a_mip.png", "mip_png")])
+def test_overwrite_refusal_covers_the_csv_and_the_png(tmp_path, existing, option):
+    source = tmp_path / "a.nii.gz"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / existing).write_text("an earlier result")
+    with pytest.raises(FileExistsError, match=rf"{existing}: exists \(pass overwrite=true"):
+        plan_jobs([("a", source)], out, overwrite=False)
+    assert plan_jobs([("a", source)], out, overwrite=False, **{option: False})  # not written: no conflict
+    assert (out / existing).read_text() == "an earlier result"
+
+
+def test_overwrite_refusal_covers_the_suv_of_a_dicom_input(tmp_path):
+    series = write_dicom_series(tmp_path / "series", dicom_raw((4, 4, 2)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "PT_7_a_suv.nii.gz").write_bytes(b"")
+    inputs = find_inputs(series)
+    with pytest.raises(FileExistsError, match=r"PT_7_a_suv.nii.gz: exists"):
+        plan_jobs(inputs, out, overwrite=False, save_suv=True)
+    (job,) = plan_jobs(inputs, out, overwrite=False, save_suv=False)
+    assert job.suv is None and job.is_dicom
 
 
 def test_refuses_to_write_over_an_input(tmp_path):
@@ -73,6 +214,12 @@ def test_refuses_to_write_over_an_input(tmp_path):
         plan_jobs([("a", source)], tmp_path, overwrite=True)
 
 
+def test_refuses_two_inputs_with_one_case_name(tmp_path):
+    inputs = [("a", tmp_path / "a.nii"), ("a", tmp_path / "a.nii.gz")]
+    with pytest.raises(FileExistsError, match=r"a_mask.nii.gz: two inputs are case 'a': \S*a.nii and \S*a.nii.gz"):
+        plan_jobs(inputs, tmp_path / "out", overwrite=True)
+
+
 def test_inputs_from_a_folder_and_a_dataset(tiny_dataset, scan, tmp_path):
     assert [name for name, _ in find_inputs(scan.parent)] == ["patient 1"]
     assert [name for name, _ in find_inputs(tiny_dataset, "test")] == ["hn_006", "hn_007"]
@@ -80,8 +227,66 @@ def test_inputs_from_a_folder_and_a_dataset(tiny_dataset, scan, tmp_path):
         find_inputs(tmp_path / "nowhere")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="no NIfTI files"):
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="no NIfTI files, DICOM files or dataset.json"):
         find_inputs(empty)
+
+
+# --------------------------------------------------------------------------- DICOM inputs
+
+
+def test_a_dicom_series_folder_is_one_case_named_by_its_patient_id(tmp_path):
+    series = write_dicom_series(tmp_path / "image", dicom_raw((4, 4, 3)))
+    assert find_inputs(series) == [("PT_7_a", series)]  # "PT 7/a" made a file name
+
+
+def test_dicom_files_without_a_suffix_are_found_by_their_preamble(tmp_path):
+    series = write_dicom_series(tmp_path / "series", dicom_raw((4, 4, 3)), patient_id=None, suffix="")
+    (series / "README").write_text("not DICOM")  # sorted after the slices: never probed
+    assert find_inputs(series) == [("series", series)]  # no PatientID: the folder's name
+
+
+def test_a_dicom_file_or_a_mixed_folder_is_refused(tmp_path, scan):
+    series = write_dicom_series(tmp_path / "series", dicom_raw((4, 4, 3)))
+    with pytest.raises(ValueError, match=r"0000.dcm: a single DICOM file; pass the folder of its series"):
+        find_inputs(series / "0000.dcm")
+    (series / "suv.nii.gz").write_bytes(scan.read_bytes())
+    with pytest.raises(ValueError, match=r"series: holds both NIfTI files \(1, e.g. suv.nii.gz\) and DICOM files \(3"):
+        find_inputs(series)
+
+
+def test_predict_on_a_dicom_series(checkpoint, tmp_path):
+    raw = dicom_raw()
+    series = write_dicom_series(tmp_path / "dicom" / "image", raw)
+    written = predict(predict_config(checkpoint, series, tmp_path / "out", save_suv=True))
+    suffixes = ["mask.nii.gz", "suv.nii.gz", "lesions.csv", "mip.png"]
+    assert [p.name for p in written] == [f"PT_7_a_{suffix}" for suffix in suffixes]
+    # LPS origin (-20, -30, 100) -> RAS (20, 30, 100); columns along -x, rows along -y, slices along +z
+    expected_affine = np.array([[-4.0, 0, 0, 20], [0, -4.0, 0, 30], [0, 0, 3.0, 100], [0, 0, 0, 1]])
+    mask, suv = nib.load(written[0]), nib.load(written[1])
+    assert mask.shape == suv.shape == raw.shape
+    assert np.allclose(mask.affine, expected_affine) and np.allclose(suv.affine, expected_affine)
+    assert np.allclose(suv.get_fdata(), raw / 1000.0, atol=1e-6)  # 70 kg x 1000 / 7e7 Bq
+    assert mask.get_data_dtype() == np.uint8
+    columns, rows = read_csv(written[2])
+    assert columns == ["case", *LESION_COLUMNS] and {r["case"] for r in rows} <= {"PT_7_a"}
+    if rows:  # SUVs are measured on the converted volume
+        assert max(float(r["suv_max"]) for r in rows) <= raw.max() / 1000.0 + 1e-6
+    assert written[3].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_bad_dicom_series_is_refused_naming_the_folder(checkpoint, tmp_path):
+    series = write_dicom_series(tmp_path / "series", dicom_raw((8, 8, 3)))
+    first = series / "0000.dcm"
+    ds = pydicom.dcmread(first)
+    ds.Units = "CNTS"
+    ds.save_as(first)
+    with pytest.raises(ValueError, match=r"series: Units \(0054,1001\) is 'CNTS'|series: Units differs between slices"):
+        predict(predict_config(checkpoint, series, tmp_path / "out"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*_mask.nii.gz"))
+
+
+# --------------------------------------------------------------------------- the script
 
 
 def test_predict_script_runs_as_documented(checkpoint, scan, tmp_path):
@@ -91,5 +296,6 @@ def test_predict_script_runs_as_documented(checkpoint, scan, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "cli" / "patient 1_mask.nii.gz").is_file()
+    for suffix in ("mask.nii.gz", "lesions.csv", "mip.png"):
+        assert (tmp_path / "cli" / f"patient 1_{suffix}").is_file()
     assert "predicting" in result.stderr  # the progress bar

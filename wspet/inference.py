@@ -1,72 +1,169 @@
-"""Sliding-window inference: probabilities for a whole PET volume of any size, in bounded memory."""
+"""Sliding-window inference: probabilities for a whole PET volume of any size, in bounded memory.
+
+A volume larger than the network's window (a whole-body scan of 128 x 128 x 267 voxels, a
+head-and-neck scan of 168 x 168 x 545) is cut into overlapping windows, predicted
+``batch_size`` windows at a time, and blended with a Gaussian importance map (nnU-Net's,
+sigma = 1/8 of the window per axis): the centre of a window, where the network sees the most
+context, counts most, and its borders, where it sees zero padding, count little, so window
+borders leave no seams. TorchIO's ``GridAggregator`` offers only crop, average and Hann
+blending, hence the small aggregator here.
+
+Memory: the z-normalised volume, the weighted sum and the weight sum, each float32 and sized
+to the volume (padded to the window where the volume is smaller), plus one batch of windows
+and the network's activations for it. Nothing grows with the number of windows.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-import torchio as tio
 
-from wspet.data.format import Volume
+from wspet.data.format import NIFTI_SUFFIXES, Volume
 from wspet.io import save_nifti
 from wspet.module import LesionSegmenter
 
 # fn(mask, image, spacing) -> mask: a step of conf/postprocess.
 PostProcess = Callable[[np.ndarray, np.ndarray, tuple], np.ndarray]
+# (B, 1, *window) normalised image windows -> (B, 1, *window) probabilities.
+WindowFn = Callable[[torch.Tensor], torch.Tensor]
+
+GAUSSIAN_SIGMA_FRACTION = 1 / 8  # of the window, per axis (nnU-Net's sigma_scale)
 
 
-def _check_window(window: Sequence[int], overlap: Sequence[int], divisor: int) -> tuple[tuple, tuple]:
+def check_window(window: Sequence[int], overlap: Sequence[int], divisor: int = 1) -> tuple[tuple, tuple]:
+    """``(window, overlap)`` as int tuples; ValueError unless 3 sizes, windows divisible by ``divisor``."""
     window = tuple(int(w) for w in window)
     overlap = tuple(int(o) for o in overlap)
     if len(window) != 3 or any(w <= 0 or w % divisor for w in window):
         raise ValueError(f"window {window} needs 3 positive sizes divisible by {divisor} (the U-Net's depth)")
-    if len(overlap) != 3 or any(o < 0 or o % 2 or o >= w for o, w in zip(overlap, window)):
-        raise ValueError(f"overlap {overlap} needs 3 even sizes, each smaller than the window {window}")
+    if len(overlap) != 3 or any(o < 0 or o >= w for o, w in zip(overlap, window)):
+        raise ValueError(f"overlap {overlap} needs 3 sizes >= 0, each smaller than the window {window}")
     return window, overlap
+
+
+def window_starts(size: int, window: int, overlap: int) -> list[int]:
+    """First voxel of each window along an axis of ``size`` voxels (``size >= window``).
+
+    The fewest windows whose neighbours overlap by at least ``overlap`` voxels, spread evenly
+    from 0 to ``size - window`` (the last window ends at the volume's end; none sticks out).
+    ``size <= window`` gives ``[0]``.
+    """
+    if size <= window:
+        return [0]
+    count = -(-(size - window) // (window - overlap)) + 1  # ceil division
+    return [int(s) for s in np.linspace(0, size - window, count).round()]
+
+
+def gaussian_importance(window: Sequence[int], sigma_fraction: float = GAUSSIAN_SIGMA_FRACTION) -> np.ndarray:
+    """Blending weights ``window`` float32: a Gaussian centred on the window, 1 at its peak.
+
+    Separable, sigma = ``sigma_fraction`` x the window along each axis. The borders get little
+    weight (exp(-8) ~ 3e-4 per axis with sigma 1/8 of the window) but never zero, so every
+    voxel of a volume covered by windows has a positive weight sum.
+    """
+    profiles = []
+    for size in window:
+        offset = np.arange(size) - (size - 1) / 2
+        profile = np.exp(-0.5 * (offset / (size * sigma_fraction)) ** 2)
+        profiles.append(profile / profile.max())
+    return np.einsum("i,j,k->ijk", *profiles).astype(np.float32)
+
+
+def _pad_to_window(volume: np.ndarray, window: tuple) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """``volume`` padded (centred, with its minimum: the background) to at least ``window``, and
+    the slices that crop the padded array back to the volume."""
+    short = [max(0, w - n) for n, w in zip(volume.shape, window)]
+    if not any(short):
+        return volume, tuple(slice(None) for _ in volume.shape)
+    widths = [(s // 2, s - s // 2) for s in short]
+    padded = np.pad(volume, widths, mode="constant", constant_values=volume.min())
+    return padded, tuple(slice(before, before + n) for (before, _), n in zip(widths, volume.shape))
+
+
+def sliding_window(
+    fn: WindowFn,
+    volume: np.ndarray,
+    window: Sequence[int],
+    overlap: Sequence[int],
+    batch_size: int = 2,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """``fn`` over a volume ``(I, J, K)`` of any size, window by window, Gaussian-blended.
+
+    Windows are ``window``-sized, neighbours overlapping by at least ``overlap`` voxels
+    (:func:`window_starts`); a volume smaller than the window along an axis is padded with its
+    minimum and the result cropped back. ``fn`` gets ``(B, 1, *window)`` float32 batches of at
+    most ``batch_size`` windows on ``device`` and must return the same shape; each output voxel
+    is the :func:`gaussian_importance`-weighted mean of the windows covering it.
+    Returns float32 ``(I, J, K)``. Raises ValueError for a bad window, overlap or batch size,
+    an output of another shape, or non-finite outputs.
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"volume shape {volume.shape} is not 3D (I, J, K)")
+    window, overlap = check_window(window, overlap)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size {batch_size} is not >= 1")
+    padded, crop = _pad_to_window(np.asarray(volume, dtype=np.float32), window)
+    # Corners are generated lazily, batch by batch: not even their list grows with the volume.
+    corners = itertools.product(*(window_starts(n, w, o) for n, w, o in zip(padded.shape, window, overlap)))
+    weights = gaussian_importance(window)
+    weighted = np.zeros(padded.shape, np.float32)
+    total = np.zeros(padded.shape, np.float32)
+    while batch_corners := list(itertools.islice(corners, int(batch_size))):
+        regions = [tuple(slice(c, c + w) for c, w in zip(corner, window)) for corner in batch_corners]
+        batch = torch.from_numpy(np.stack([padded[r] for r in regions])[:, None]).to(device)
+        result = fn(batch)
+        if tuple(result.shape) != tuple(batch.shape):
+            raise ValueError(f"model output shape {tuple(result.shape)} != window batch shape {tuple(batch.shape)}")
+        for region, probs in zip(regions, result.detach().float().cpu().numpy()[:, 0]):
+            weighted[region] += probs * weights
+            total[region] += weights
+    weighted /= total
+    bad = int(np.count_nonzero(~np.isfinite(weighted)))
+    if bad:
+        raise ValueError(f"model output has {bad} NaN or inf voxels in a volume of shape {volume.shape}")
+    return np.ascontiguousarray(weighted[crop])
+
+
+def znormalise(image: np.ndarray) -> np.ndarray:
+    """``(image - mean) / std`` over the whole volume, float32, as ``tio.ZNormalization`` in training.
+
+    Raises ValueError for a constant image (std 0).
+    """
+    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32))
+    mean, std = tensor.mean(), tensor.std()  # unbiased std, as TorchIO
+    if not std > 0:
+        raise ValueError(f"image shape {image.shape} is constant ({float(mean):.4g}): nothing to normalise")
+    return ((tensor - mean) / std).numpy()
 
 
 @torch.no_grad()
 def predict_probabilities(
     model: LesionSegmenter,
     image: np.ndarray,
-    affine: np.ndarray,
+    affine: np.ndarray | None = None,
     window: Sequence[int] = (96, 96, 64),
     overlap: Sequence[int] = (32, 32, 16),
     batch_size: int = 2,
 ) -> np.ndarray:
     """Lesion probabilities ``(I, J, K)`` float32 for a PET volume ``(I, J, K)`` in SUV.
 
-    The volume is z-normalised as in training, cut into overlapping ``window``-sized patches
-    (padded where the volume is smaller), predicted ``batch_size`` patches at a time on the
-    model's device, and blended with a Hann window so patch borders leave no seams. Memory
-    grows with ``batch_size`` and the window, not with the volume.
+    The volume is z-normalised as in training and predicted by :func:`sliding_window` on the
+    model's device (CPU or GPU), ``batch_size`` windows per forward pass: memory grows with the
+    window and ``batch_size`` (activations) and with the volume (three float32 copies), not with
+    the number of windows. ``affine`` is not used (the network sees arrays); it is accepted so
+    callers can pass a volume's array and affine alike.
     """
     if image.ndim != 3:
         raise ValueError(f"image shape {image.shape} is not 3D")
-    window, overlap = _check_window(window, overlap, model.net.divisor)
-    # Along an axis the window already covers, overlap would only add padded windows.
-    overlap = tuple(0 if n <= w else o for n, w, o in zip(image.shape, window, overlap))
-    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(np.asarray(image, np.float32))[None], affine=affine))
-    subject = tio.ZNormalization(include=["image"])(subject)
-    # A volume smaller than the window is padded (with its minimum, the background) and the
-    # prediction cropped back, so any size can be predicted.
-    short = [max(0, w - n) for n, w in zip(image.shape, window)]
-    padding = [p for s in short for p in (s // 2, s - s // 2)]
-    if any(padding):
-        subject = tio.Pad(padding, padding_mode="minimum")(subject)
-    sampler = tio.GridSampler(subject, patch_size=window, patch_overlap=overlap, padding_mode="minimum")
-    aggregator = tio.GridAggregator(sampler, overlap_mode="hann")
-    loader = torch.utils.data.DataLoader(sampler, batch_size=batch_size)
+    window, overlap = check_window(window, overlap, model.net.divisor)
     model.eval()
-    for patches in loader:
-        tensor = patches["image"][tio.DATA].to(model.device)
-        aggregator.add_batch(model(tensor).float().cpu(), patches[tio.LOCATION])
-    probs = aggregator.get_output_tensor()[0].numpy().astype(np.float32, copy=False)
-    i, j, k = (slice(padding[2 * a], padding[2 * a] + image.shape[a]) for a in range(3))
-    return probs[i, j, k]
+    return sliding_window(model, znormalise(image), window, overlap, batch_size, model.device)
 
 
 def predict_mask(
@@ -81,12 +178,18 @@ def predict_mask(
     """Binary lesion mask ``(I, J, K)`` for ``image``: probabilities > ``threshold``, post-processed."""
     probs = predict_probabilities(model, image.array, image.affine, window, overlap, batch_size)
     mask = probs > threshold
+    del probs
     if postprocess is not None:
         mask = postprocess(mask, image.array, image.spacing)
     return np.asarray(mask, dtype=bool)
 
 
 def save_mask(mask: np.ndarray, image: Volume, path: str | Path) -> Path:
-    """Write ``mask`` as uint8 NIfTI with the input image's affine and header, atomically."""
-    header = nib.load(str(image.path)).header
-    return save_nifti(mask.astype(np.uint8), image.affine, path, header)
+    """Write ``mask`` as uint8 NIfTI with the image's affine, atomically.
+
+    A NIfTI source also lends its header (units, descriptions); a volume read from elsewhere
+    (a DICOM series folder) gives the affine alone.
+    """
+    source = Path(image.path)
+    header = nib.load(str(source)).header if source.name.endswith(NIFTI_SUFFIXES) and source.is_file() else None
+    return save_nifti(np.asarray(mask).astype(np.uint8), image.affine, path, header)

@@ -1,65 +1,192 @@
-"""``predict(cfg)``: masks for new scans from a checkpoint (what ``predict.py`` runs)."""
+"""``predict(cfg)``: masks, lesion tables and MIP pictures for new scans (what ``predict.py`` runs).
+
+Inputs (``find_inputs``): a NIfTI file, a folder of NIfTI files, a wspet dataset folder (one
+split), or a DICOM PET series folder (converted to SUV on the fly). Outputs per case, in the
+output folder (``plan_jobs``): ``<case>_mask.nii.gz``, and as configured ``<case>_lesions.csv``,
+``<case>_mip.png`` and, for DICOM inputs, ``<case>_suv.nii.gz``. See ``docs/prediction.md``.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
 from wspet.data.check import validate_images
-from wspet.data.format import case_name, load_image, read_dataset
+from wspet.data.dicom import read_pet_series, write_nifti
+from wspet.data.format import NIFTI_SUFFIXES, Volume, case_name, load_image, read_dataset
 from wspet.inference import predict_mask, save_mask
+from wspet.io import write_csv
+from wspet.measurements import LESION_COLUMNS, describe, lesion_table
+from wspet.mip import save_mip_png
 from wspet.module import LesionSegmenter
 
 log = logging.getLogger(__name__)
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+DICOM_SUFFIX = ".dcm"
+# Files without the .dcm suffix are probed for the DICOM preamble: the first few only, so a
+# folder of thousands of slices is recognised without reading them.
+DICOM_PROBES = 3
+LESION_CSV_COLUMNS = ("case", *LESION_COLUMNS)
 
 
 @dataclass(frozen=True)
 class PredictionJob:
+    """One case: its source (a NIfTI file or a DICOM series folder) and the files it writes.
+
+    ``output`` is the mask; ``lesions``, ``mip`` and ``suv`` are None when not written.
+    """
+
     name: str
     image: Path
     output: Path
+    lesions: Path | None = None
+    mip: Path | None = None
+    suv: Path | None = None
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.image.is_dir()
+
+    @property
+    def outputs(self) -> list[Path]:
+        """Every file this job writes, the mask first."""
+        return [p for p in (self.output, self.suv, self.lesions, self.mip) if p is not None]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    # Dot files are hidden, and temporaries of interrupted atomic writes are named ".<name>.*".
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The folder's ``.dcm`` files, or else its first files if they carry the DICOM preamble.
+
+    Cheap: reads at most :data:`DICOM_PROBES` file headers (132 bytes each).
+    """
+    files = [p for p in _visible_files(folder) if not p.name.endswith(NIFTI_SUFFIXES)]
+    named = [p for p in files if p.suffix.lower() == DICOM_SUFFIX]
+    if named:
+        return named
+    probed = [p for p in files[:DICOM_PROBES] if pydicom.misc.is_dicom(p)]
+    return files if probed else []
+
+
+def _safe_name(text: str) -> str:
+    """``text`` made a file name: runs of other characters than ``A-Za-z0-9._-`` become ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip()).strip("._-")
+
+
+def dicom_case_name(folder: Path, files: list[Path]) -> str:
+    """The series' PatientID (made safe for file names), else the folder's name.
+
+    Only the first readable file's header is read (PatientID is the same in every slice of a
+    series; ``read_pet_series`` checks it is one series).
+    """
+    for path in files[:DICOM_PROBES]:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        except (InvalidDicomError, OSError):
+            continue
+        name = _safe_name(str(header.get("PatientID", "") or ""))
+        if name:
+            return name
+        break
+    return _safe_name(folder.resolve().name) or "dicom"
 
 
 def find_inputs(input_path: str | Path, split: str = "test") -> list[tuple[str, Path]]:
-    """``(case, image path)`` for a NIfTI file, a folder of them, or a dataset folder's split."""
+    """``(case, source)`` pairs for the input, a source being a NIfTI file or a DICOM series folder.
+
+    - a NIfTI file (``.nii``/``.nii.gz``): one case named after the file;
+    - a folder holding ``dataset.json``: the cases of ``split``;
+    - a folder of NIfTI files: one case each;
+    - a DICOM series folder (``.dcm`` files, or files with the DICOM preamble): one case, named by
+      :func:`dicom_case_name`.
+
+    Raises FileNotFoundError for a missing input, ValueError for a file that is not NIfTI (a
+    single ``.dcm`` file: pass its folder), a folder with neither NIfTI nor DICOM files, or one
+    with both.
+    """
     path = Path(input_path)
     if path.is_file():
+        if path.suffix.lower() == DICOM_SUFFIX or pydicom.misc.is_dicom(path):
+            raise ValueError(f"{path}: a single DICOM file; pass the folder of its series ({path.parent})")
         if not path.name.endswith(NIFTI_SUFFIXES):
-            raise ValueError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
+            raise ValueError(f"{path}: not a NIfTI file (.nii or .nii.gz) nor a DICOM series folder")
         return [(case_name(path), path)]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: input does not exist")
     if (path / "dataset.json").is_file():
         return [(case.name, case.image) for case in read_dataset(path).split(split)]
-    # Dot files are hidden, and temporaries of interrupted atomic writes are named ".<name>.*".
-    files = sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"{path}: no NIfTI files and no dataset.json in this folder")
-    return [(case_name(p), p) for p in files]
+    nifti = [p for p in _visible_files(path) if p.name.endswith(NIFTI_SUFFIXES)]
+    dicom = dicom_files(path)
+    if nifti and dicom:
+        raise ValueError(
+            f"{path}: holds both NIfTI files ({len(nifti)}, e.g. {nifti[0].name}) and DICOM files "
+            f"({len(dicom)}, e.g. {dicom[0].name}); point input at a folder of one kind"
+        )
+    if dicom:
+        return [(dicom_case_name(path, dicom), path)]
+    if not nifti:
+        raise ValueError(f"{path}: no NIfTI files, DICOM files or dataset.json in this folder")
+    return [(case_name(p), p) for p in nifti]
 
 
-def plan_jobs(inputs: list[tuple[str, Path]], output: Path, overwrite: bool) -> list[PredictionJob]:
-    """One job per input; refuse to write over an input, or over a mask unless ``overwrite``."""
+def plan_jobs(
+    inputs: list[tuple[str, Path]],
+    output: Path,
+    overwrite: bool,
+    lesions_csv: bool = True,
+    mip_png: bool = True,
+    save_suv: bool = False,
+) -> list[PredictionJob]:
+    """One job per input, naming every file it writes; check them all before anything is written.
+
+    Refused (FileExistsError listing every problem): an output that is an input, an output two
+    cases would write (inputs with the same case name), and an existing output unless
+    ``overwrite``. ``save_suv`` applies to DICOM inputs only (a NIfTI input is the SUV already).
+    """
+    output = Path(output)
     sources = {image.resolve() for _, image in inputs}
-    jobs, problems = [], []
+    jobs, problems, planned = [], [], {}
     for name, image in inputs:
-        target = output / f"{name}_mask.nii.gz"
-        if target.resolve() in sources:
-            problems.append(f"{target}: would overwrite an input image")
-        elif target.exists() and not overwrite:
-            problems.append(f"{target}: exists (pass overwrite=true to replace it)")
-        jobs.append(PredictionJob(name, image, target))
+        job = PredictionJob(
+            name,
+            image,
+            output / f"{name}_mask.nii.gz",
+            lesions=output / f"{name}_lesions.csv" if lesions_csv else None,
+            mip=output / f"{name}_mip.png" if mip_png else None,
+            suv=output / f"{name}_suv.nii.gz" if save_suv and image.is_dir() else None,
+        )
+        for target in job.outputs:
+            key = target.resolve()
+            if key in sources:
+                problems.append(f"{target}: would overwrite an input image")
+            elif key in planned:
+                problems.append(f"{target}: two inputs are case {name!r}: {planned[key]} and {image}")
+            elif target.exists() and not overwrite:
+                problems.append(f"{target}: exists (pass overwrite=true to replace it)")
+            planned.setdefault(key, image)
+        jobs.append(job)
     if problems:
         raise FileExistsError("refusing to write:\n  " + "\n  ".join(problems))
     return jobs
+
+
+# --------------------------------------------------------------------------- model and volumes
 
 
 def choose_device(name: str) -> torch.device:
@@ -75,20 +202,71 @@ def load_model(checkpoint: str | Path, device: torch.device) -> LesionSegmenter:
     return LesionSegmenter.load_from_checkpoint(checkpoint, map_location=device).eval()
 
 
+def load_volume(job: PredictionJob) -> Volume:
+    """The job's PET in SUV: a NIfTI file as it is, a DICOM series converted (``read_pet_series``).
+
+    A DICOM volume's ``path`` is its series folder.
+    """
+    if not job.is_dicom:
+        return load_image(job.image)
+    pet = read_pet_series(job.image)
+    log.info("%s: DICOM %s -> SUV %s, spacing %s mm (weight %.1f kg, dose %.3g Bq, decay %s)",
+             job.name, job.image, pet.suv.shape, tuple(round(s, 3) for s in pet.spacing),
+             pet.weight_kg, pet.dose_bq, pet.decay_correction)
+    return Volume(array=pet.suv, affine=pet.affine, path=job.image)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def lesion_rows(name: str, mask: np.ndarray, image: Volume) -> list[dict]:
+    """``lesion_table`` rows of ``mask`` on ``image`` (SUV), each starting with ``case``: ``name``."""
+    return [{"case": name, **row} for row in lesion_table(mask, image.array, image.affine)]
+
+
+def write_outputs(job: PredictionJob, image: Volume, mask: np.ndarray) -> list[Path]:
+    """Write the job's mask and whichever of SUV, lesion CSV and MIP it names; return them.
+
+    The CSV has the columns :data:`LESION_CSV_COLUMNS`, one row per lesion, a header alone for
+    an empty mask (``write_lesion_csv`` would drop the ``case`` column then).
+    """
+    written = [save_mask(mask, image, job.output)]
+    if job.suv is not None:
+        written.append(write_nifti(image.array, image.affine, job.suv))
+    rows = lesion_rows(job.name, mask, image) if job.lesions is not None or job.mip is not None else []
+    if rows:
+        log.info("%s: %d lesion(s), %.1f ml in all", job.name, len(rows), sum(row["volume_ml"] for row in rows))
+    for row in rows:  # an untrained or poor model can make thousands
+        log.debug("%s %s", job.name, describe(row))
+    if job.lesions is not None:
+        written.append(write_csv(job.lesions, rows, columns=LESION_CSV_COLUMNS))
+    if job.mip is not None:
+        title = f"{job.name}: {len(rows)} lesion(s), {sum(row['volume_ml'] for row in rows):.1f} ml"
+        written.append(save_mip_png(image.array, mask, image.affine, job.mip, title=title))
+    return written
+
+
 def predict(cfg: DictConfig) -> list[Path]:
-    """Write ``<output>/<case>_mask.nii.gz`` for every input; return the written paths."""
+    """Predict every input of ``cfg`` and write its outputs; return every written path, case by case.
+
+    NIfTI inputs are validated (``validate_images``) before the model is loaded; a DICOM series is
+    checked as it is read (``read_pet_series``).
+    """
     output = Path(cfg.output)
-    jobs = plan_jobs(find_inputs(cfg.input, cfg.split), output, cfg.overwrite)
-    report = validate_images([job.image for job in jobs])
-    for warning in report.warnings:
-        log.warning(warning)
-    report.raise_if_problems()
+    jobs = plan_jobs(find_inputs(cfg.input, cfg.split), output, cfg.overwrite,
+                     lesions_csv=cfg.lesions_csv, mip_png=cfg.mip_png, save_suv=cfg.save_suv)
+    nifti = [job.image for job in jobs if not job.is_dicom]
+    if nifti:
+        report = validate_images(nifti)
+        for warning in report.warnings:
+            log.warning(warning)
+        report.raise_if_problems()
     model = load_model(cfg.ckpt, choose_device(cfg.device))
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
     written = []
     for job in tqdm(jobs, desc="predicting", unit="scan"):
-        image = load_image(job.image)
+        image = load_volume(job)
         mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size)
-        written.append(save_mask(mask, image, job.output))
+        written += write_outputs(job, image, mask)
         log.info("%s: %d lesion voxels -> %s", job.name, int(mask.sum()), job.output)
     return written
