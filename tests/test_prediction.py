@@ -299,3 +299,24 @@ def test_predict_script_runs_as_documented(checkpoint, scan, tmp_path):
     for suffix in ("mask.nii.gz", "lesions.csv", "mip.png"):
         assert (tmp_path / "cli" / f"patient 1_{suffix}").is_file()
     assert "predicting" in result.stderr  # the progress bar
+
+
+def test_a_wrong_checkpoint_gets_a_clear_error(checkpoint, tmp_path):
+    from wspet.prediction import load_model
+
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.ckpt: not a readable PyTorch checkpoint"):
+        load_model(garbage, torch.device("cpu"))
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="foreign.ckpt: not a wspet checkpoint"):
+        load_model(foreign, torch.device("cpu"))
+    mismatched = tmp_path / "mismatched.ckpt"
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["hyper_parameters"]["net"] = {"features": [4, 8]}
+    torch.save(saved, mismatched)
+    with pytest.raises(ValueError, match=r"mismatched.ckpt: weights do not fit the network config net=\{'features': \[4, 8\]\}"):
+        load_model(mismatched, torch.device("cpu"))
+    with pytest.raises(FileNotFoundError, match="missing.ckpt: checkpoint does not exist"):
+        load_model(tmp_path / "missing.ckpt", torch.device("cpu"))

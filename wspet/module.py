@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -84,6 +85,32 @@ class LesionSegmenter(L.LightningModule):
             self.log("val/dice", self.val_dice.compute(), prog_bar=True)
         for metric in (self.val_loss, self.val_dice, self.val_empty):
             metric.reset()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "LesionSegmenter":
+        """Load a model written by ``train.py``; a clear error instead of a state-dict traceback.
+
+        Raises FileNotFoundError for a missing file and ValueError naming the file when it is not
+        a readable checkpoint, not a wspet checkpoint, or its weights do not fit its network
+        config (the missing and unexpected keys are listed).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint does not exist")
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as error:  # pickle, zip and torch errors all mean the same to a user
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+        if not isinstance(hparams, dict) or "net" not in hparams or "state_dict" not in checkpoint:
+            raise ValueError(f"{path}: not a wspet checkpoint (no 'net' hyper-parameters or no state_dict)")
+        model = cls(**{k: v for k, v in hparams.items() if k in ("net", "loss", "supervision", "optimizer", "channels_last")})
+        try:
+            model.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as error:  # missing, unexpected or differently shaped weights
+            first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+            raise ValueError(f"{path}: weights do not fit the network config net={hparams['net']}: {first}") from None
+        return model.to(map_location)
 
     def configure_optimizers(self) -> Any:
         config = self.hparams.optimizer or {"_target_": "torch.optim.SGD", "lr": 1e-5, "momentum": 0.9}

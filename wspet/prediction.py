@@ -196,10 +196,7 @@ def choose_device(name: str) -> torch.device:
 
 
 def load_model(checkpoint: str | Path, device: torch.device) -> LesionSegmenter:
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: checkpoint does not exist")
-    return LesionSegmenter.load_from_checkpoint(checkpoint, map_location=device).eval()
+    return LesionSegmenter.from_checkpoint(checkpoint, map_location=device).eval()
 
 
 def load_volume(job: PredictionJob) -> Volume:
