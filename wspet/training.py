@@ -1,22 +1,42 @@
 """``train(cfg)``: fit one experiment (both of the paper's stages when it needs them) and evaluate it.
 
 ``train.py`` is a thin Hydra wrapper around this; tests call it directly with composed configs.
+Resuming, signals, DDP and the run's provenance record: docs/scaling.md.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-from dataclasses import dataclass, field
+import signal
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
+import torchio as tio
 import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from wspet.checkpointing import (
+    LAST,
+    REQUEUE_SIGNAL,
+    AtomicCheckpointIO,
+    EpochSeededLoader,
+    SaveOnSignal,
+    launch_rank_is_zero,
+    requeued_by_slurm,
+    resume_checkpoint,
+)
 from wspet.collapse import CollapseGuard
 from wspet.data.check import validate_dataset
 from wspet.data.datamodule import PetDataModule
@@ -25,10 +45,34 @@ from wspet.data.phantom import write_phantom_dataset
 from wspet.evaluation import evaluate_cases, format_table, mean_metrics
 from wspet.io import write_text
 from wspet.module import LesionSegmenter
+from wspet.provenance import write_provenance
 
 log = logging.getLogger(__name__)
 
 WEAK_STAGE_LOSS = "dice"
+PRETRAIN_STAGE = "pretrain_dice"
+# Written by rank 0 into each stage's folder once the stage is trained, and again once evaluated;
+# a resumed run reads it instead of training the stage again.
+STAGE_RECORD = "stage.json"
+
+
+def _sweep_name(default: str) -> str:
+    """``${wspet_sweep_name:default}``: the sweep folder's name in a Hydra multirun, else ``default``."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return default
+
+
+def _sweep_run_name(default: str) -> str:
+    """``${wspet_sweep_run:default}``: the job's overrides (``loss=fs,seed=1``) in a multirun, else ``default``."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return HydraConfig.get().job.override_dirname or default
+    return default
+
+
+# Used by conf/logger/default.yaml to group a sweep's W&B runs and name them by their overrides.
+OmegaConf.register_new_resolver("wspet_sweep_name", _sweep_name, replace=True)
+OmegaConf.register_new_resolver("wspet_sweep_run", _sweep_run_name, replace=True)
 
 
 @dataclass
@@ -39,30 +83,130 @@ class StageResult:
     checkpoint: Path
     collapsed: bool
     test_rows: list[dict] = field(default_factory=list)
+    evaluated: bool = False
 
     @property
     def test_summary(self) -> dict:
         return mean_metrics(self.test_rows) if self.test_rows else {}
 
 
+def write_stage_record(stage_dir: Path, result: StageResult) -> None:
+    record = {**asdict(result), "checkpoint": str(result.checkpoint)}
+    write_text(stage_dir / STAGE_RECORD, json.dumps(record, indent=2, default=float) + "\n")
+
+
+def read_stage_record(stage_dir: Path) -> StageResult | None:
+    """The stage a previous attempt finished training (and maybe evaluating), or None."""
+    path = stage_dir / STAGE_RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return StageResult(**{**record, "checkpoint": Path(record["checkpoint"])})
+
+
 def train(cfg: DictConfig) -> dict:
-    """Train and evaluate the experiment ``cfg``; return the summary also written to ``summary.json``."""
+    """Train and evaluate the experiment ``cfg``; return the summary also written to ``summary.json``.
+
+    ``cfg.ckpt_path`` (docs/scaling.md): unset starts afresh, except in a Slurm job's requeued attempt,
+    which resumes like ``last``; ``last`` resumes the run folder's interrupted stage from its
+    ``last.ckpt`` and never retrains a finished stage; a file resumes the last stage from it.
+    Under DDP only global rank 0 writes run-folder files and evaluates.
+    """
     out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rank_zero = launch_rank_is_zero()
+    resume = resume_mode(cfg, out_dir)
+    resuming = resume is not None
+    from_file = resume if isinstance(resume, Path) else None
+    if resume == "last" and (finished := finished_summary(out_dir)) is not None:
+        log.info("%s finished before; nothing to resume", out_dir)
+        return finished
+    if rank_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
     ensure_dataset(cfg.data)
     check_dataset(cfg)
-    write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if rank_zero:
+        record_run(cfg, out_dir, resuming)
     stages = []
     init_from = cfg.model.init_from
     if needs_pretraining(cfg):
         stage_cfg = pretraining_config(cfg)
-        stages.append(fit_and_evaluate(stage_cfg, out_dir / "pretrain_dice", init_from, "pretrain_dice"))
-        init_from = str(stages[-1].checkpoint)
-    stages.append(fit_and_evaluate(cfg, out_dir, init_from, cfg.experiment_name))
+        stage_dir = out_dir / PRETRAIN_STAGE
+        if from_file is None:
+            stages.append(fit_and_evaluate(stage_cfg, stage_dir, init_from, PRETRAIN_STAGE, resuming=resuming))
+            init_from = str(stages[-1].checkpoint)
+        elif (record := read_stage_record(stage_dir)) is not None:  # reported, not needed: the file has the weights
+            stages.append(record)
+    # A checkpoint file named by ckpt_path is trained from even if the run folder records the stage as done.
+    final_resuming = resuming and from_file is None
+    stages.append(fit_and_evaluate(cfg, out_dir, init_from, cfg.experiment_name, resuming=final_resuming, ckpt_path=from_file))
     summary = run_summary(cfg, stages)
-    write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    print_results(stages)
+    if rank_zero:
+        write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+        print_results(stages)
     return summary
+
+
+def resume_mode(cfg: DictConfig, out_dir: Path) -> str | Path | None:
+    """None (start afresh), ``"last"`` (resume the run folder) or the checkpoint file to resume from."""
+    value = cfg.get("ckpt_path")
+    if value in (None, ""):
+        if requeued_by_slurm() and _has_progress(out_dir):
+            log.warning("requeued Slurm job: resuming %s from its last checkpoint", out_dir)
+            return "last"
+        return None
+    if value == "last":
+        if not _has_progress(out_dir):
+            raise ValueError(
+                f"ckpt_path=last: {out_dir} has no checkpoints/last.ckpt and no finished stage to resume; "
+                "point hydra.run.dir (or paths.output_dir) at the run folder to resume"
+            )
+        return "last"
+    path = Path(str(value))
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path {value}: no such checkpoint file (or use ckpt_path=last)")
+    return path
+
+
+def _has_progress(out_dir: Path) -> bool:
+    stage_dirs = (out_dir, out_dir / PRETRAIN_STAGE)
+    return any(resume_checkpoint(d) or (d / STAGE_RECORD).is_file() for d in stage_dirs)
+
+
+def finished_summary(out_dir: Path) -> dict | None:
+    """The summary of a run whose last stage was trained and evaluated, or None."""
+    record = read_stage_record(out_dir)
+    summary = out_dir / "summary.json"
+    if record is None or not record.evaluated or not summary.is_file():
+        return None
+    return json.loads(summary.read_text())
+
+
+def record_run(cfg: DictConfig, out_dir: Path, resuming: bool) -> None:
+    """``config.yaml`` and ``provenance.json`` (+ ``git.diff``); a resumed run keeps the first config."""
+    saved = out_dir / "config.yaml"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if resuming and saved.is_file():
+        changed = config_changes(OmegaConf.to_container(OmegaConf.load(saved)), resolved)
+        if changed:
+            log.warning("resuming %s with a config that differs from its config.yaml at: %s", out_dir, ", ".join(changed))
+    else:
+        write_text(saved, OmegaConf.to_yaml(resolved))
+    write_provenance(out_dir, resumed=resuming)
+
+
+def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (``ckpt_path`` excepted)."""
+    changed = []
+    for key in sorted(set(before) | set(after), key=str):
+        name = f"{prefix}{key}"
+        old, new = before.get(key), after.get(key)
+        if name == "ckpt_path":
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += config_changes(old, new, f"{name}.")
+        elif old != new:
+            changed.append(name)
+    return changed
 
 
 def ensure_dataset(data_cfg: DictConfig) -> None:
@@ -108,7 +252,7 @@ def pretraining_config(cfg: DictConfig) -> DictConfig:
         stage.run_name = f"{cfg.run_name}-pretrain"
         stage.postprocess = {"name": "none", "fn": None}
         if "logger" in stage and stage.logger and "wandb" in stage.logger:
-            stage.logger.wandb.name = stage.run_name
+            stage.logger.wandb.name = f"{cfg.logger.wandb.name}-pretrain"
             stage.logger.wandb.tags = [f"loss:{cfg.pretrain.loss.name}", "postprocess:none", "stage:pretrain"]
     return stage
 
@@ -150,29 +294,127 @@ def list_or_value(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
-def fit_and_evaluate(cfg: DictConfig, stage_dir: Path, init_from: str | None, name: str) -> StageResult:
-    stage_dir.mkdir(parents=True, exist_ok=True)
+def fit_and_evaluate(
+    cfg: DictConfig,
+    stage_dir: Path,
+    init_from: str | None,
+    name: str,
+    resuming: bool = False,
+    ckpt_path: Path | None = None,
+) -> StageResult:
+    """Train one stage in ``stage_dir`` and evaluate its best checkpoint on global rank 0.
+
+    ``resuming``: a stage recorded as trained (``stage.json``) is not trained again, only evaluated if
+    that was cut short; otherwise training continues from ``ckpt_path`` or the stage's ``last.ckpt``.
+    Other DDP ranks train, then return a result without test rows and write nothing.
+    """
+    result = read_stage_record(stage_dir) if resuming else None
+    loggers = []
+    try:
+        if result is not None:
+            log.info("stage '%s' was trained before (%s); not training it again", name, result.checkpoint)
+        else:
+            if resuming and ckpt_path is None:
+                ckpt_path = resume_checkpoint(stage_dir)
+            loggers = build_loggers(cfg, stage_dir, resumed=ckpt_path is not None)
+            result = fit_stage(cfg, stage_dir, init_from, name, ckpt_path, loggers)
+        if not launch_rank_is_zero():
+            return result
+        write_stage_record(stage_dir, result)
+        if not result.evaluated:
+            if cfg.evaluate.split != "none":
+                result.test_rows = evaluate_stage(cfg, result.checkpoint, stage_dir)
+                loggers = loggers or build_loggers(cfg, stage_dir, resumed=True)
+                log_test_metrics(loggers, result)
+            result.evaluated = True
+            write_stage_record(stage_dir, result)
+        return result
+    finally:
+        finish_loggers(loggers)
+
+
+def fit_stage(
+    cfg: DictConfig, stage_dir: Path, init_from: str | None, name: str, ckpt_path: Path | None, loggers: list
+) -> StageResult:
+    """Fit one stage (from ``ckpt_path`` if given): its best checkpoint and whether it collapsed."""
+    if launch_rank_is_zero():
+        stage_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = PetDataModule(supervision=cfg.loss.supervision, **_data_arguments(cfg.data))
     datamodule.setup("fit")
     model = build_model(cfg, init_from)
     checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best", **cfg.callbacks.checkpoint)
     guard = CollapseGuard(**cfg.callbacks.collapse_guard)
-    callbacks = [checkpoint, EarlyStopping(**cfg.callbacks.early_stopping), guard]
-    loggers = build_loggers(cfg, stage_dir)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(stage_dir))
-    trainer.fit(model, datamodule=datamodule)
+    saver = SaveOnSignal(stage_dir / "checkpoints" / LAST)
+    callbacks = [checkpoint, EarlyStopping(**cfg.callbacks.early_stopping), guard, saver]
+    trainer = build_trainer(cfg, callbacks, loggers, stage_dir)
+    if ckpt_path is not None:
+        log.info("stage '%s': resuming from %s", name, ckpt_path)
+    try:
+        trainer.fit(model, datamodule=FitData(datamodule, cfg.seed), ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except SIGTERMException:
+        stopped_by_signal(saver, Path(cfg.paths.output_dir))
     best = checkpoint.best_model_path or checkpoint.last_model_path
     if not best:  # fast_dev_run and limit_* runs save nothing; keep the weights they reached
-        best = stage_dir / "checkpoints" / "last.ckpt"
+        best = stage_dir / "checkpoints" / LAST
         trainer.save_checkpoint(best)
-    best = Path(best)
-    result = StageResult(name=name, checkpoint=best, collapsed=guard.collapsed)
-    if cfg.evaluate.split != "none" and trainer.is_global_zero:
-        result.test_rows = evaluate_stage(cfg, best, stage_dir)
-        log_test_metrics(loggers, result)
-    finish_loggers(loggers)
-    return result
+    return StageResult(name=name, checkpoint=Path(best), collapsed=guard.collapsed)
+
+
+def stopped_by_signal(saver: SaveOnSignal, run_dir: Path) -> None:
+    """End the process after a signal stopped training: requeue if Slurm asked, exit 128 + signal."""
+    saver.hand_over()  # submitit's requeue handler exits here
+    signum = saver.pending or signal.SIGTERM
+    where = f"saved {saver.path}" if saver.saved else "no checkpoint saved"
+    log.error(
+        "training stopped by %s (%s); resume with the same overrides plus ckpt_path=last "
+        "hydra.run.dir=%s", signal.Signals(signum).name, where, run_dir,
+    )
+    raise SystemExit(128 + signum)
+
+
+class FitData(L.LightningDataModule):
+    """What the Trainer fits on: ``PetDataModule``'s data, replayable for resuming, split over DDP ranks.
+
+    Training batches come from an :class:`EpochSeededLoader` (each rank its own share of the volumes);
+    validation volumes are split over the ranks without the padding ``DistributedSampler`` adds, so
+    that ``val/*`` means (reduced across ranks by torchmetrics) count every volume exactly once.
+    """
+
+    def __init__(self, data: PetDataModule, seed: int) -> None:
+        super().__init__()
+        self.data = data
+        self.seed = seed
+
+    def train_dataloader(self) -> EpochSeededLoader:
+        return EpochSeededLoader(self._volumes_loader, len(self.data.train_subjects), self.seed, self.trainer)
+
+    def _volumes_loader(self, indices: list[int]) -> tio.SubjectsLoader:
+        part = copy.copy(self.data)
+        part.train_subjects = [self.data.train_subjects[i] for i in indices]
+        return part.train_dataloader()
+
+    def val_dataloader(self) -> tio.SubjectsLoader:
+        loader = self.data.val_dataloader()
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if world == 1:
+            return loader
+        if len(loader.dataset) < world:
+            raise ValueError(
+                f"data.val_fraction {self.data.val_fraction}: {len(loader.dataset)} validation volume(s) "
+                f"for {world} DDP processes; each process needs at least one"
+            )
+        sampler = UnrepeatedDistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=False)
+        return tio.SubjectsLoader(loader.dataset, batch_size=loader.batch_size, num_workers=loader.num_workers, sampler=sampler)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, stage_dir: Path) -> L.Trainer:
+    """The configured Trainer with atomic checkpoints and, under Slurm, Slurm's requeue signal."""
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # Lightning's default requeue signal is SIGUSR1; the launcher's sbatch --signal sends SIGUSR2.
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=REQUEUE_SIGNAL))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(stage_dir), plugins=plugins)
 
 
 def _data_arguments(data_cfg: DictConfig) -> dict:
@@ -182,11 +424,33 @@ def _data_arguments(data_cfg: DictConfig) -> dict:
     return arguments
 
 
-def build_loggers(cfg: DictConfig, stage_dir: Path) -> list:
+def build_loggers(cfg: DictConfig, stage_dir: Path, resumed: bool = False) -> list:
+    """The configured loggers, writing under ``stage_dir``.
+
+    A resumed stage's W&B run is a new run tagged ``resumed``. Lightning's CSV logger deletes an existing
+    ``metrics.csv``; a resumed stage keeps the earlier attempt's as ``metrics-attempt<k>.csv`` beside it.
+    """
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
-        loggers.append(instantiate(logger_cfg, save_dir=str(stage_dir)))
+        arguments = {"save_dir": str(stage_dir)}
+        if resumed and "tags" in logger_cfg:
+            arguments["tags"] = [*logger_cfg.tags, "resumed"]
+        logger = instantiate(logger_cfg, **arguments)
+        if resumed and isinstance(logger, CSVLogger) and launch_rank_is_zero():
+            keep_earlier_csv(Path(logger.log_dir) / "metrics.csv")
+        loggers.append(logger)
     return loggers
+
+
+def keep_earlier_csv(path: Path) -> Path | None:
+    """Rename an earlier attempt's ``metrics.csv`` to the first free ``metrics-attempt<k>.csv``."""
+    if not path.is_file():
+        return None
+    attempt = 1
+    while (kept := path.with_name(f"{path.stem}-attempt{attempt}{path.suffix}")).exists():
+        attempt += 1
+    path.rename(kept)
+    return kept
 
 
 def evaluate_stage(cfg: DictConfig, checkpoint: Path, stage_dir: Path) -> list[dict]:
