@@ -52,7 +52,7 @@ SEEDS ?= 0,1,2
 SWEEP_DIR ?= outputs/ablation/$(shell date +%Y-%m-%d_%H-%M-%S)
 ablation: install data
 	$(PY) train.py -m experiment=$(ABLATION_EXPERIMENTS) seed=$(SEEDS) data.root=$(DATA) \
-	    trainer.enable_progress_bar=false hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
+	    trainer.enable_progress_bar=false hydra.sweep.dir=$(SWEEP_DIR) stage_cache=$(SWEEP_DIR)/stage_cache $(ARGS)
 	$(PY) -m wspet.report $(SWEEP_DIR)
 
 ablation-smoke: install

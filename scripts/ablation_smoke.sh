@@ -10,7 +10,7 @@ source "$(dirname "$0")/tiny.env"
 "$py" -m wspet.data.phantom "$out/data" --cases 4 --test-cases 2 --seed 0 --shape 32 32 32
 # shellcheck disable=SC2086
 "$py" train.py -m experiment=fs,dice,mdice,mdice_ms,mdice_ms_morph,dice_levelset seed=0 \
-    data.root="$out/data" $TINY_OVERRIDES hydra.sweep.dir="$out/sweep"
+    data.root="$out/data" $TINY_OVERRIDES hydra.sweep.dir="$out/sweep" stage_cache="$out/sweep/stage_cache"
 "$py" -m wspet.report "$out/sweep"
 for file in results.csv results.md figure1.png figure2.png; do
   test -s "$out/sweep/$file" || { echo "MISSING $out/sweep/$file"; exit 1; }

@@ -27,3 +27,21 @@ def test_store_then_lookup(tmp_path):
     checkpoint.write_bytes(b"abc")
     stored = cache.store("k", checkpoint)
     assert cache.lookup("k") == stored and stored.read_bytes() == b"abc"
+
+
+def test_a_sweep_trains_an_identical_stage_once(train_config, tmp_path, monkeypatch):
+    import wspet.training as training
+
+    fitted = []
+    original = training.fit_stage
+    monkeypatch.setattr(training, "fit_stage", lambda cfg, stage_dir, *a: (fitted.append(stage_dir), original(cfg, stage_dir, *a))[1])
+    fast = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", f"stage_cache={tmp_path / 'cache'}"]
+    first = training.train(train_config(tmp_path / "a", ["experiment=mdice_ms", *fast]))
+    second = training.train(train_config(tmp_path / "b", ["experiment=mdice_ms_morph", *fast]))
+    third = training.train(train_config(tmp_path / "c", ["experiment=mdice", *fast]))
+    # mdice_ms_morph differs only in post-processing: both its stages come from the cache;
+    # mdice shares the box-Dice stage and trains only its own.
+    assert fitted == [tmp_path / "a" / "pretrain_dice", tmp_path / "a", tmp_path / "c"]
+    assert second["postprocess"] == "morphology" and first["postprocess"] == "none"
+    assert (tmp_path / "b" / "checkpoints" / "best.ckpt").read_bytes() == (tmp_path / "a" / "checkpoints" / "best.ckpt").read_bytes()
+    assert third["stages"]["pretrain_dice"]["test"] == first["stages"]["pretrain_dice"]["test"]

@@ -81,7 +81,11 @@ class LesionSegmenter(L.LightningModule):
         # MeanMetric reduces across processes, so under DDP every rank logs the same value.
         self.log("val/loss", self.val_loss.compute(), prog_bar=True)
         self.log("val/empty_fraction", self.val_empty.compute())
-        if self.val_dice.update_count:
+        # Decided across ranks: a rank alone skipping the collective compute would hang DDP.
+        labelled = self.trainer.strategy.reduce(
+            torch.tensor(float(self.val_dice.update_count > 0), device=self.device), reduce_op="max"
+        )
+        if labelled > 0:
             self.log("val/dice", self.val_dice.compute(), prog_bar=True)
         for metric in (self.val_loss, self.val_dice, self.val_empty):
             metric.reset()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import shutil
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,9 +44,10 @@ from wspet.data.datamodule import PetDataModule
 from wspet.data.format import read_dataset
 from wspet.data.phantom import write_phantom_dataset
 from wspet.evaluation import evaluate_cases, format_table, mean_metrics
-from wspet.io import write_text
+from wspet.io import atomic_path, write_text
 from wspet.module import LesionSegmenter
 from wspet.provenance import write_provenance
+from wspet.stage_cache import StageCache, stage_key
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +319,10 @@ def fit_and_evaluate(
             if resuming and ckpt_path is None:
                 ckpt_path = resume_checkpoint(stage_dir)
             loggers = build_loggers(cfg, stage_dir, resumed=ckpt_path is not None)
-            result = fit_stage(cfg, stage_dir, init_from, name, ckpt_path, loggers)
+            result = None if ckpt_path else cached_stage(cfg, stage_dir, init_from, name)
+            if result is None:
+                result = fit_stage(cfg, stage_dir, init_from, name, ckpt_path, loggers)
+                remember_stage(cfg, init_from, result)
         if not launch_rank_is_zero():
             return result
         write_stage_record(stage_dir, result)
@@ -331,6 +336,29 @@ def fit_and_evaluate(
         return result
     finally:
         finish_loggers(loggers)
+
+
+def cached_stage(cfg: DictConfig, stage_dir: Path, init_from: str | None, name: str) -> StageResult | None:
+    """The stage from ``cfg.stage_cache`` when an identical one was trained before, else None."""
+    if not cfg.get("stage_cache"):
+        return None
+    key = stage_key(cfg, init_from)
+    cached = StageCache(cfg.stage_cache).lookup(key)
+    if cached is None:
+        return None
+    log.info("stage '%s': identical to cached stage %s; reusing %s", name, key, cached)
+    target = stage_dir / "checkpoints" / "best.ckpt"
+    if launch_rank_is_zero():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(cached, tmp)
+    collapsed = json.loads(cached.with_name("stage.json").read_text()).get("collapsed", False)
+    return StageResult(name=name, checkpoint=target, collapsed=collapsed)
+
+
+def remember_stage(cfg: DictConfig, init_from: str | None, result: StageResult) -> None:
+    if cfg.get("stage_cache") and launch_rank_is_zero():
+        stored = StageCache(cfg.stage_cache).store(stage_key(cfg, init_from), result.checkpoint)
+        write_text(stored.with_name("stage.json"), json.dumps({"collapsed": result.collapsed}) + "\n")
 
 
 def fit_stage(
