@@ -16,6 +16,7 @@ def test_default_logger_writes_an_offline_wandb_run(train_config, tmp_path, monk
     assert len(runs) == 1
     # The offline run is a protobuf record stream; its strings show what was logged.
     records = next(runs[0].glob("run-*.wandb")).read_bytes()
-    for logged in (b"test/dice", b"train/loss", b"loss:dice", b"postprocess:none", b"dice-seed0"):
+    for logged in (b"test/dice", b"train/loss", b"loss:dice", b"postprocess:none", b"dice-seed0", b"test/overlays"):
         assert logged in records
     assert (tmp_path / "csv" / "metrics.csv").is_file()
+    assert list(runs[0].glob("files/media/images/test/overlays_*.png"))  # the picture itself

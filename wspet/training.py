@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -330,7 +330,7 @@ def fit_and_evaluate(
             if cfg.evaluate.split != "none":
                 result.test_rows = evaluate_stage(cfg, result.checkpoint, stage_dir)
                 loggers = loggers or build_loggers(cfg, stage_dir, resumed=True)
-                log_test_metrics(loggers, result)
+                log_test_metrics(loggers, result, stage_dir / "overlays.png")
             result.evaluated = True
             write_stage_record(stage_dir, result)
         return result
@@ -493,10 +493,13 @@ def evaluate_stage(cfg: DictConfig, checkpoint: Path, stage_dir: Path) -> list[d
     )
 
 
-def log_test_metrics(loggers: list, result: StageResult) -> None:
+def log_test_metrics(loggers: list, result: StageResult, overlays: Path) -> None:
+    """Test means to every logger; the best/worst-case overlay picture to W&B as well."""
     summary = {f"test/{k}": v for k, v in result.test_summary.items()}
     for logger in loggers:
         logger.log_metrics(summary)
+        if isinstance(logger, WandbLogger) and overlays.is_file():
+            logger.log_image(key="test/overlays", images=[str(overlays)], caption=["best and worst test case"])
 
 
 def finish_loggers(loggers: list) -> None:
