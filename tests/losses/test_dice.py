@@ -5,42 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given
 
+from tests.losses.helpers import PROPERTY, SHAPES, autocast_and_widened, box_mask, dice_reference, extreme_inputs
+from tests.losses.helpers import random_inputs, value_and_grad
 from wspet.losses import DiceLoss, dice_loss
-
-
-def dice_reference(p: np.ndarray, b: np.ndarray) -> float:
-    """Eq. (2) per sample in float64, mean(p) for an empty target, mean over the batch."""
-    p, b = p.astype(np.float64), b.astype(np.float64)
-    per_sample = [
-        pi.mean() if bi.sum() == 0 else 1 - 2 * (pi * bi).sum() / (pi.sum() + bi.sum()) for pi, bi in zip(p, b)
-    ]
-    return float(np.mean(per_sample))
-
-
-def random_boxes(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """(B, 1, D, H, W) {0, 1} mask, one random non-empty box per sample."""
-    mask = np.zeros(shape, dtype=np.float32)
-    for sample in mask:
-        lo = [rng.integers(0, n) for n in shape[2:]]
-        hi = [rng.integers(a + 1, n + 1) for a, n in zip(lo, shape[2:])]
-        sample[0, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1
-    return mask
-
-
-SHAPES = [(1, 1, 4, 5, 6), (2, 1, 8, 8, 8), (3, 1, 6, 7, 5), (4, 1, 3, 9, 4)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_dice_matches_numpy_reference(shape):
-    rng = np.random.default_rng(sum(shape))
-    p = rng.random(shape).astype(np.float32)
-    b = random_boxes(rng, shape)
-    got = dice_loss(torch.from_numpy(p), torch.from_numpy(b))
+    _, p, b = random_inputs(sum(shape), shape)
+    got = dice_loss(p, b)
     assert got.shape == () and got.dtype == torch.float32
-    assert got.item() == pytest.approx(dice_reference(p, b), rel=1e-5)
+    assert got.item() == pytest.approx(dice_reference(p.numpy(), b.numpy()), rel=1e-5)
 
 
 def test_dice_matches_reference_at_paper_volume_size():
@@ -48,33 +25,27 @@ def test_dice_matches_reference_at_paper_volume_size():
     rng = np.random.default_rng(1)
     shape = (1, 1, 160, 160, 128)
     p = rng.random(shape, dtype=np.float32) * 0.2
-    b = np.zeros(shape, dtype=np.float32)
-    b[..., 60:90, 50:95, 40:70] = 1
+    b = box_mask(shape, np.s_[..., 60:90, 50:95, 40:70]).numpy()
     got = dice_loss(torch.from_numpy(p), torch.from_numpy(b)).item()
     assert got == pytest.approx(dice_reference(p, b), rel=1e-5)
 
 
 def test_dice_perfect_and_disjoint_predictions():
-    b = torch.zeros(1, 1, 4, 4, 4)
-    b[..., 1:3, 1:3, 1:3] = 1
+    b = box_mask((1, 1, 4, 4, 4), np.s_[..., 1:3, 1:3, 1:3])
     assert dice_loss(b.clone(), b).item() == pytest.approx(0.0, abs=1e-7)
     assert dice_loss(1 - b, b).item() == pytest.approx(1.0, abs=1e-7)
 
 
 def test_dice_gradcheck_float64():
-    rng = np.random.default_rng(2)
-    shape = (2, 1, 3, 4, 3)
-    p = torch.tensor(rng.uniform(0.05, 0.95, shape), dtype=torch.float64, requires_grad=True)
-    b = torch.from_numpy(random_boxes(rng, shape)).double()
-    assert torch.autograd.gradcheck(lambda x: dice_loss(x, b), (p,))
+    _, p, b = random_inputs(2, (2, 1, 3, 4, 3), 0.05, 0.95, torch.float64)
+    assert torch.autograd.gradcheck(lambda x: dice_loss(x, b), (p.requires_grad_(True),))
 
 
 def test_empty_target_gives_mean_prob_and_gradient_toward_background():
     rng = np.random.default_rng(3)
     shape = (2, 1, 4, 4, 4)
     p = torch.tensor(rng.uniform(0.1, 0.9, shape), dtype=torch.float32, requires_grad=True)
-    b = torch.zeros(shape)
-    b[0, :, 1:3, 1:3, 1:3] = 1  # sample 1 has no lesion
+    b = box_mask(shape, np.s_[0, :, 1:3, 1:3, 1:3])  # sample 1 has no lesion
     loss = dice_loss(p, b)
     expected = 0.5 * (dice_reference(p.detach().numpy()[:1], b.numpy()[:1]) + p.detach()[1].mean().item())
     assert loss.item() == pytest.approx(expected, rel=1e-6)
@@ -85,40 +56,25 @@ def test_empty_target_gives_mean_prob_and_gradient_toward_background():
     assert grad_empty.sum().item() == pytest.approx(0.5, rel=1e-6)
 
 
-@settings(max_examples=50, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    batch=st.integers(1, 3),
-    fill=st.sampled_from(["zeros", "ones", "random"]),
-    empty=st.booleans(),
-)
-def test_dice_finite_on_extremes(seed, batch, fill, empty):
-    rng = np.random.default_rng(seed)
-    shape = (batch, 1, 3, 4, 5)
-    p = {"zeros": np.zeros(shape), "ones": np.ones(shape), "random": rng.random(shape)}[fill].astype(np.float32)
-    b = np.zeros(shape, np.float32) if empty else random_boxes(rng, shape)
-    p_t = torch.from_numpy(p).requires_grad_(True)
-    loss = dice_loss(p_t, torch.from_numpy(b))
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(p_t.grad).all()
-    assert loss.item() == pytest.approx(dice_reference(p, b), rel=1e-5, abs=1e-7)
+@PROPERTY
+@given(case=extreme_inputs())
+def test_dice_finite_on_extremes(case):
+    _, _, p, b = case
+    loss, grad = value_and_grad(lambda x: dice_loss(x, b), p)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert loss.item() == pytest.approx(dice_reference(p.numpy(), b.numpy()), rel=1e-5, abs=1e-7)
 
 
 def test_dice_under_bf16_autocast_is_float32():
-    rng = np.random.default_rng(4)
-    shape = (2, 1, 6, 6, 6)
-    p = torch.from_numpy(rng.random(shape).astype(np.float32)).bfloat16()
-    b = torch.from_numpy(random_boxes(rng, shape))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = dice_loss(p, b)
+    _, p, b = random_inputs(4, (2, 1, 6, 6, 6))
+    got, widened = autocast_and_widened(dice_loss, p, box=b)
     assert got.dtype == torch.float32 and torch.isfinite(got)
     # bf16 probabilities are widened, not summed in bf16: same as the float32 computation.
-    assert got.item() == pytest.approx(dice_loss(p.float(), b).item(), rel=1e-6)
+    assert got.item() == pytest.approx(widened.item(), rel=1e-6)
 
 
 def test_dice_module_returns_loss_dict():
-    b = torch.zeros(1, 1, 4, 4, 4)
-    b[..., :2, :2, :2] = 1
+    b = box_mask((1, 1, 4, 4, 4), np.s_[..., :2, :2, :2])
     p = torch.full_like(b, 0.5)
     out = DiceLoss()(None, p, b)
     assert set(out) == {"loss"}

@@ -5,53 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.losses.helpers import BATCHES, PROPERTY, SEEDS, SHAPES, box_mask, extreme_inputs, modified_dice_reference
+from tests.losses.helpers import as_tensors, autocast_and_widened, random_arrays, random_inputs, value_and_grad
 from wspet.losses import ModifiedDiceLoss, dice_loss, modified_dice_loss
-
-
-def modified_dice_reference(p: np.ndarray, b: np.ndarray, alpha: float) -> float:
-    """Eqs. (3)-(4) per sample in float64, mean(p) for an empty box, mean over the batch."""
-    p, b = p.astype(np.float64), b.astype(np.float64)
-    per_sample = []
-    for pi, bi in zip(p, b):
-        if bi.sum() == 0:
-            per_sample.append(pi.mean())
-            continue
-        overlap = (pi * bi).sum()
-        m = bi.sum() - overlap
-        h = 1.0 if overlap / bi.sum() > alpha else 0.0
-        per_sample.append(1 - 2 * overlap / (pi.sum() + bi.sum() - m * h))
-    return float(np.mean(per_sample))
-
-
-def random_boxes(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """(B, 1, D, H, W) {0, 1} mask, one random non-empty box per sample."""
-    mask = np.zeros(shape, dtype=np.float32)
-    for sample in mask:
-        lo = [rng.integers(0, n) for n in shape[2:]]
-        hi = [rng.integers(a + 1, n + 1) for a, n in zip(lo, shape[2:])]
-        sample[0, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = 1
-    return mask
 
 
 def in_box_fraction(p: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (p * b).reshape(len(p), -1).sum(1) / b.reshape(len(b), -1).sum(1)
 
 
-SHAPES = [(1, 1, 4, 5, 6), (2, 1, 8, 8, 8), (3, 1, 6, 7, 5), (4, 1, 3, 9, 4)]
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("scale", [1.0, 0.1])  # in-box fraction ~0.5 (H = 1) or ~0.05 (H = 0)
 def test_modified_dice_matches_numpy_reference(shape, scale):
-    rng = np.random.default_rng(sum(shape))
-    p = (rng.random(shape) * scale).astype(np.float32)
-    b = random_boxes(rng, shape)
-    got = modified_dice_loss(torch.from_numpy(p), torch.from_numpy(b), alpha=0.1)
+    _, p, b = random_inputs(sum(shape), shape, high=scale)
+    got = modified_dice_loss(p, b, alpha=0.1)
     assert got.shape == () and got.dtype == torch.float32
-    assert got.item() == pytest.approx(modified_dice_reference(p, b, 0.1), rel=1e-5)
+    assert got.item() == pytest.approx(modified_dice_reference(p.numpy(), b.numpy(), 0.1), rel=1e-5)
 
 
 def test_modified_dice_matches_reference_at_paper_volume_size():
@@ -60,8 +32,7 @@ def test_modified_dice_matches_reference_at_paper_volume_size():
     z, y, x = np.ogrid[:160, :160, :128]
     r = np.sqrt((z - 75) ** 2 + (y - 72) ** 2 + (x - 55) ** 2)
     p = np.broadcast_to(1 / (1 + np.exp((r - 9) / 1.5)), shape).astype(np.float32)
-    b = np.zeros(shape, dtype=np.float32)
-    b[..., 60:90, 57:87, 40:70] = 1
+    b = box_mask(shape, np.s_[..., 60:90, 57:87, 40:70]).numpy()
     ref = modified_dice_reference(p, b, 0.1)
     assert 1e-3 < ref < 1e-2
     got = modified_dice_loss(torch.from_numpy(p), torch.from_numpy(b)).item()
@@ -74,8 +45,7 @@ def test_modified_dice_gradcheck_float64(scale):
     rng = np.random.default_rng(2)
     shape = (2, 1, 3, 4, 3)
     p = torch.tensor(rng.uniform(0.2, 0.8, shape) * scale, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(shape, dtype=torch.float64)
-    b[:, :, 1:3, 1:3, :] = 1
+    b = box_mask(shape, np.s_[:, :, 1:3, 1:3, :]).double()
     frac = in_box_fraction(p.detach().numpy(), b.numpy())
     assert np.all(np.abs(frac - 0.1) > 0.02)
     assert torch.autograd.gradcheck(lambda x: modified_dice_loss(x, b, alpha=0.1), (p,))
@@ -93,16 +63,13 @@ def test_step_passes_no_gradient_but_m_does():
     assert p.grad.flatten().tolist() == pytest.approx([inside, inside, outside, outside], rel=1e-12)
 
 
-@settings(max_examples=50, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3), alpha=st.floats(0.0, 0.9))
+@PROPERTY
+@given(seed=SEEDS, batch=BATCHES, alpha=st.floats(0.0, 0.9))
 def test_equals_dice_while_fraction_at_most_alpha(seed, batch, alpha):
-    rng = np.random.default_rng(seed)
-    shape = (batch, 1, 4, 5, 3)
-    b = random_boxes(rng, shape)
-    p = rng.random(shape)
+    _, p, b = random_arrays(seed, (batch, 1, 4, 5, 3))
     frac = in_box_fraction(p, b)
     p = p * np.minimum(1.0, alpha / np.maximum(frac, 1e-12))[:, None, None, None, None]  # now fraction <= alpha
-    p_t, b_t = torch.from_numpy(p.astype(np.float32)), torch.from_numpy(b)
+    p_t, b_t = as_tensors(p, b)
     assert np.all(in_box_fraction(p_t.double().numpy(), b) <= alpha + 1e-6)
     got = modified_dice_loss(p_t, b_t, alpha=alpha).item()
     # A float32 fraction rounding just above alpha would flip H; skip only that measure-zero case.
@@ -111,37 +78,24 @@ def test_equals_dice_while_fraction_at_most_alpha(seed, batch, alpha):
     assert got == pytest.approx(dice_loss(p_t, b_t).item(), rel=1e-6, abs=1e-7)
 
 
-@settings(max_examples=50, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3), shrink=st.floats(0.0, 0.95))
+@PROPERTY
+@given(seed=SEEDS, batch=BATCHES, shrink=st.floats(0.0, 0.95))
 def test_zero_when_prediction_inside_box_and_covers_more_than_alpha(seed, batch, shrink):
-    rng = np.random.default_rng(seed)
-    shape = (batch, 1, 4, 5, 3)
-    b = random_boxes(rng, shape)
-    p = (rng.uniform(0.01, 1.0, shape) * b).astype(np.float32)
+    _, p, b = random_arrays(seed, (batch, 1, 4, 5, 3), low=0.01)
+    p = (p * b).astype(np.float32)
     alpha = float(in_box_fraction(p, b).min() * shrink)  # every sample's fraction exceeds alpha
     got = modified_dice_loss(torch.from_numpy(p), torch.from_numpy(b), alpha=alpha).item()
     assert got == pytest.approx(0.0, abs=1e-6)
 
 
-@settings(max_examples=50, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    batch=st.integers(1, 3),
-    fill=st.sampled_from(["zeros", "ones", "random"]),
-    empty=st.booleans(),
-    alpha=st.floats(0.0, 0.99),
-)
-def test_modified_dice_finite_on_extremes(seed, batch, fill, empty, alpha):
-    rng = np.random.default_rng(seed)
-    shape = (batch, 1, 3, 4, 5)
-    p = {"zeros": np.zeros(shape), "ones": np.ones(shape), "random": rng.random(shape)}[fill].astype(np.float32)
-    b = np.zeros(shape, np.float32) if empty else random_boxes(rng, shape)
-    p_t = torch.from_numpy(p).requires_grad_(True)
-    loss = modified_dice_loss(p_t, torch.from_numpy(b), alpha=alpha)
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(p_t.grad).all()
+@PROPERTY
+@given(case=extreme_inputs(), alpha=st.floats(0.0, 0.99))
+def test_modified_dice_finite_on_extremes(case, alpha):
+    fill, _, p, b = case
+    loss, grad = value_and_grad(lambda x: modified_dice_loss(x, b, alpha=alpha), p)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
     if fill != "random":  # a random fraction may sit within float32 rounding of alpha
-        assert loss.item() == pytest.approx(modified_dice_reference(p, b, alpha), rel=1e-5, abs=1e-7)
+        assert loss.item() == pytest.approx(modified_dice_reference(p.numpy(), b.numpy(), alpha), rel=1e-5, abs=1e-7)
 
 
 def test_empty_box_gives_mean_prob_and_gradient_toward_background():
@@ -153,19 +107,14 @@ def test_empty_box_gives_mean_prob_and_gradient_toward_background():
 
 
 def test_modified_dice_under_bf16_autocast_is_float32():
-    rng = np.random.default_rng(4)
-    shape = (2, 1, 6, 6, 6)
-    p = torch.from_numpy(rng.random(shape).astype(np.float32)).bfloat16()
-    b = torch.from_numpy(random_boxes(rng, shape))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = modified_dice_loss(p, b)
+    _, p, b = random_inputs(4, (2, 1, 6, 6, 6))
+    got, widened = autocast_and_widened(modified_dice_loss, p, box=b)
     assert got.dtype == torch.float32 and torch.isfinite(got)
-    assert got.item() == pytest.approx(modified_dice_loss(p.float(), b).item(), rel=1e-6)
+    assert got.item() == pytest.approx(widened.item(), rel=1e-6)
 
 
 def test_module_reports_box_fraction():
-    b = torch.zeros(2, 1, 2, 2, 2)
-    b[0, :, :, :, :1] = 1  # 4 box voxels in sample 0; sample 1 empty
+    b = box_mask((2, 1, 2, 2, 2), np.s_[0, :, :, :, :1])  # 4 box voxels in sample 0; sample 1 empty
     p = torch.full_like(b, 0.25)
     out = ModifiedDiceLoss(alpha=0.1)(None, p, b)
     assert set(out) == {"loss", "box_fraction"}
