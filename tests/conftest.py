@@ -72,3 +72,9 @@ def train_config(tiny_dataset):
         return tiny_train_config(tiny_dataset, out_dir, overrides)
 
     return make
+
+
+@pytest.fixture
+def config_on():
+    """``config_on(data_root, out_dir, overrides)``: the tiny train config on another dataset."""
+    return tiny_train_config

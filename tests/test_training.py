@@ -2,10 +2,15 @@
 
 import json
 import math
+import shutil
 
+import nibabel as nib
+import numpy as np
 import pytest
+import torch
 
 from wspet.data import format as dataset_format
+from wspet.data.format import DatasetError
 from wspet.training import needs_pretraining, train
 
 FAST = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
@@ -89,3 +94,37 @@ def test_csv_log_has_the_loss_terms(train_config, tmp_path):
         assert column in header
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert not math.isnan(summary["test"]["dice"])
+
+
+def rescale_case_spacing(root, image, label, factor):
+    """Stretch one case's voxel spacing by ``factor`` in plane (image and label alike)."""
+    for name in (image, label):
+        path = root / name
+        nifti = nib.load(str(path))
+        affine = nifti.affine.copy()
+        affine[:, :2] *= np.array([factor, factor, 1.0, 0.0])[:, None]
+        nib.save(nib.Nifti1Image(np.asarray(nifti.dataobj), affine), str(path))
+
+
+def test_mixed_spacings_train_after_resampling_and_predict_on_each_native_grid(tiny_dataset, config_on, tmp_path):
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    rescale_case_spacing(root, "imagesTr/hn_000.nii.gz", "labelsTr/hn_000.nii.gz", 1.5)
+    rescale_case_spacing(root, "imagesTs/hn_007.nii.gz", "labelsTs/hn_007.nii.gz", 1.5)
+    with pytest.raises(DatasetError, match=r"hn_000.nii.gz: spacing .* is 1.50x the median"):
+        train(config_on(root, tmp_path / "native", ["loss=dice", *FAST]))
+    spacing = nib.load(str(root / "imagesTr/hn_001.nii.gz")).header.get_zooms()[:3]
+    resampled = [
+        "loss=dice", *FAST, f"data.target_spacing=[{spacing[0]},{spacing[1]},{spacing[2]}]",
+        "data.intensity=suv", "data.suv_scale=2.0",
+    ]
+    summary = train(config_on(root, tmp_path / "resampled", resampled))
+    checkpoint = torch.load(summary["checkpoint"], map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["preprocessing"] == {
+        "target_spacing": [float(s) for s in spacing], "intensity": "suv", "suv_scale": 2.0,
+    }
+    for case in ("hn_006", "hn_007"):  # masks on each test image's own grid
+        mask = nib.load(str(tmp_path / "resampled" / "predictions" / f"{case}_mask.nii.gz"))
+        image = nib.load(str(root / "imagesTs" / f"{case}.nii.gz"))
+        assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)

@@ -130,18 +130,6 @@ def sliding_window(
     return np.ascontiguousarray(weighted[crop])
 
 
-def znormalise(image: np.ndarray) -> np.ndarray:
-    """``(image - mean) / std`` over the whole volume, float32, as ``tio.ZNormalization`` in training.
-
-    Raises ValueError for a constant image (std 0).
-    """
-    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32))
-    mean, std = tensor.mean(), tensor.std()  # unbiased std, as TorchIO
-    if not std > 0:
-        raise ValueError(f"image shape {image.shape} is constant ({float(mean):.4g}): nothing to normalise")
-    return ((tensor - mean) / std).numpy()
-
-
 @torch.no_grad()
 def predict_probabilities(
     model: LesionSegmenter,
@@ -153,17 +141,22 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Lesion probabilities ``(I, J, K)`` float32 for a PET volume ``(I, J, K)`` in SUV.
 
-    The volume is z-normalised as in training and predicted by :func:`sliding_window` on the
-    model's device (CPU or GPU), ``batch_size`` windows per forward pass: memory grows with the
-    window and ``batch_size`` (activations) and with the volume (three float32 copies), not with
-    the number of windows. ``affine`` is not used (the network sees arrays); it is accepted so
-    callers can pass a volume's array and affine alike.
+    The volume is prepared as in training (``model.preprocessing``: resampled to the training
+    spacing when the model was trained at one, then normalised), predicted by
+    :func:`sliding_window` on the model's device (CPU or GPU), ``batch_size`` windows per
+    forward pass, and the probabilities resampled back to the volume's own grid. Memory grows
+    with the window and ``batch_size`` (activations) and with the volume (a few float32
+    copies), not with the number of windows. ``affine`` (voxel to world, mm) is needed only by
+    a model trained at a target spacing; ValueError if it is then missing.
     """
     if image.ndim != 3:
         raise ValueError(f"image shape {image.shape} is not 3D")
     window, overlap = check_window(window, overlap, model.net.divisor)
     model.eval()
-    return sliding_window(model, znormalise(image), window, overlap, batch_size, model.device)
+    prepare = model.preprocessing
+    network_image, network_affine = prepare.to_network_grid(image, affine)
+    probs = sliding_window(model, prepare.normalise(network_image), window, overlap, batch_size, model.device)
+    return prepare.to_native_grid(probs, network_affine, image.shape, affine)
 
 
 def predict_mask(

@@ -11,7 +11,10 @@ import torchio as tio
 from hydra.utils import instantiate
 from torchmetrics import MeanMetric
 
+from wspet.data.preprocessing import Preprocessing
 from wspet.model.unet3d import UNet3D
+
+ARGUMENTS = ("net", "loss", "supervision", "optimizer", "channels_last", "preprocessing")
 
 
 class LesionSegmenter(L.LightningModule):
@@ -23,6 +26,9 @@ class LesionSegmenter(L.LightningModule):
         supervision: ``box`` or ``label``: which mask of the batch the loss is given.
         optimizer: a ``_target_`` optimizer config (``torch.optim.SGD``, ...) without params.
         channels_last: use ``torch.channels_last_3d`` memory, faster for 3D convolutions.
+        preprocessing: how inputs were prepared in training
+            (:meth:`wspet.data.preprocessing.Preprocessing.as_dict`), so inference repeats it;
+            ``None`` is per-volume z-scores at native spacing.
 
     All arguments are plain config values, saved in the checkpoint, so
     ``LesionSegmenter.load_from_checkpoint(path)`` rebuilds the network alone.
@@ -35,9 +41,11 @@ class LesionSegmenter(L.LightningModule):
         supervision: str = "box",
         optimizer: dict | None = None,
         channels_last: bool = False,
+        preprocessing: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.preprocessing = Preprocessing.from_dict(preprocessing)
         self.net = UNet3D(**net)
         self.loss_fn = instantiate(loss)
         self.supervision = supervision
@@ -108,7 +116,7 @@ class LesionSegmenter(L.LightningModule):
         hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
         if not isinstance(hparams, dict) or "net" not in hparams or "state_dict" not in checkpoint:
             raise ValueError(f"{path}: not a wspet checkpoint (no 'net' hyper-parameters or no state_dict)")
-        model = cls(**{k: v for k, v in hparams.items() if k in ("net", "loss", "supervision", "optimizer", "channels_last")})
+        model = cls(**{k: v for k, v in hparams.items() if k in ARGUMENTS})
         try:
             model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as error:  # missing, unexpected or differently shaped weights

@@ -41,6 +41,7 @@ from wspet.checkpointing import (
 from wspet.collapse import CollapseGuard
 from wspet.data.check import validate_dataset
 from wspet.data.datamodule import PetDataModule
+from wspet.data.preprocessing import Preprocessing
 from wspet.data.format import read_dataset
 from wspet.data.phantom import write_phantom_dataset
 from wspet.evaluation import evaluate_cases, format_table, mean_metrics
@@ -227,7 +228,8 @@ def check_dataset(cfg: DictConfig) -> None:
         cfg.data.root,
         supervision=cfg.loss.supervision,
         box_margin_mm=cfg.data.box_margin_mm,
-        max_spacing_ratio=cfg.data.max_spacing_ratio,
+        # Resampling to one spacing makes differing native spacings harmless.
+        max_spacing_ratio=None if cfg.data.get("target_spacing") else cfg.data.max_spacing_ratio,
     )
     for warning in report.warnings:
         log.warning(warning)
@@ -266,10 +268,20 @@ def build_model(cfg: DictConfig, init_from: str | None) -> LesionSegmenter:
         supervision=cfg.loss.supervision,
         optimizer=OmegaConf.to_container(cfg.model.optimizer, resolve=True),
         channels_last=cfg.model.channels_last,
+        preprocessing=data_preprocessing(cfg.data).as_dict(),
     )
     if init_from:
         load_network_weights(model, init_from)
     return model
+
+
+def data_preprocessing(data_cfg: DictConfig) -> Preprocessing:
+    """The data config's resampling and intensity steps, which the checkpoint keeps for inference."""
+    return Preprocessing(
+        target_spacing=data_cfg.get("target_spacing"),
+        intensity=data_cfg.get("intensity", "zscore"),
+        suv_scale=data_cfg.get("suv_scale", 1.0),
+    )
 
 
 def load_network_weights(model: LesionSegmenter, path: str | Path) -> None:

@@ -13,6 +13,7 @@ import torchio as tio
 
 from wspet.data.boxes import boxes_to_mask
 from wspet.data.format import CaseEntry, DatasetError, case_boxes, load_image, load_label, read_dataset
+from wspet.data.preprocessing import Preprocessing
 from wspet.data.sampling import BoxCentredSampler
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,8 @@ def make_subject(case: CaseEntry, *, read_label: bool, box_margin_mm: float) -> 
 class PetDataModule(L.LightningDataModule):
     """Training patches and validation volumes from a wspet dataset folder.
 
-    Batches are TorchIO dicts; ``batch["image"]["data"]`` is ``(B, 1, D, H, W)`` z-normalised
-    PET, ``batch["box"]["data"]`` the union of the boxes, and ``batch["label"]["data"]`` the
+    Batches are TorchIO dicts; ``batch["image"]["data"]`` is ``(B, 1, D, H, W)`` normalised
+    PET (:class:`~wspet.data.preprocessing.Preprocessing`), ``batch["box"]["data"]`` the union of the boxes, and ``batch["label"]["data"]`` the
     lesion mask where it is read: always for full supervision, and for validation cases only
     to report ``val/dice`` (never for a weak loss).
 
@@ -67,10 +68,13 @@ class PetDataModule(L.LightningDataModule):
         root: dataset folder (docs/dataset_format.md).
         supervision: ``box`` (weak: training labels are never read, except to derive missing
             boxes) or ``label`` (full supervision).
-        volume_size: every volume is cropped or padded to this size (the paper's 160x160x128).
+        volume_size: every volume is cropped or padded to this size (the paper's 160x160x128),
+            after resampling to ``target_spacing``.
         patch_size: training patch size, at most ``volume_size``; equal sizes train on whole
             volumes as the paper did.
         box_sampling_probability: chance that a training patch is centred inside a box.
+        target_spacing, intensity, suv_scale: the :class:`Preprocessing` of every volume
+            (``None``: native spacing; ``zscore`` or ``suv`` intensities).
     """
 
     def __init__(
@@ -91,8 +95,15 @@ class PetDataModule(L.LightningDataModule):
         flip_probability: float = 0.5,
         noise_std: float = 0.1,
         num_workers: int = 0,
+        target_spacing: Sequence[float] | None = None,
+        intensity: str = "zscore",
+        suv_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        self.prepare = Preprocessing(
+            target_spacing=None if target_spacing is None else tuple(target_spacing),
+            intensity=intensity, suv_scale=suv_scale,
+        )
         if supervision not in SUPERVISIONS:
             raise ValueError(f"supervision {supervision!r} is not one of {SUPERVISIONS}")
         self.root = Path(root)
@@ -138,10 +149,7 @@ class PetDataModule(L.LightningDataModule):
 
     def preprocessing(self) -> tio.Compose:
         """Deterministic steps shared by training, validation and inference."""
-        return tio.Compose([
-            tio.ZNormalization(include=["image"]),
-            tio.CropOrPad(self.volume_size, padding_mode="minimum"),
-        ])
+        return tio.Compose([*self.prepare.transforms(), tio.CropOrPad(self.volume_size, padding_mode="minimum")])
 
     def augmentation(self) -> tio.Compose:
         steps = []

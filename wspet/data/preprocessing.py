@@ -1,0 +1,132 @@
+"""How a PET volume is prepared for the network: one voxel spacing and one intensity scale.
+
+The same two steps run in training (as TorchIO transforms of each subject, before cropping
+and augmentation) and at inference (on a whole volume of any size, whose probabilities are
+then resampled back to the volume's own grid). They travel in the checkpoint, so
+``predict.py`` prepares a scan exactly as the network's training data was prepared.
+
+- ``target_spacing``: resample every volume to this spacing in mm (linear for the PET,
+  nearest neighbour for boxes and labels) so that a network trained on scans of several
+  scanners sees one voxel size; ``None`` keeps each volume's own spacing (the data check
+  then refuses datasets whose spacings differ).
+- ``intensity``: ``zscore`` standardises each volume by its own mean and standard deviation
+  (what the paper's phantoms are trained with); ``suv`` divides SUV by the fixed
+  ``suv_scale``. A z-score depends on the field of view (a 10 cm crop around a tumour and the
+  whole body have different means), a fixed SUV scale does not: use ``suv`` when training
+  crops and predicting whole-body scans.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torchio as tio
+
+INTENSITY_MODES = ("zscore", "suv")
+
+
+class SuvScaling(tio.IntensityTransform):
+    """Divide intensity images by a fixed SUV ``scale``: the same map for any field of view."""
+
+    def __init__(self, scale: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.scale = float(scale)
+        self.args_names = ["scale"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        for image in self.get_images(subject):
+            image.set_data(image.data.float() / self.scale)
+        return subject
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Target spacing (mm, or None for native) and intensity normalisation of network inputs.
+
+    Raises ValueError for a spacing that is not 3 positive finite numbers, an unknown
+    intensity mode, or a scale that is not positive.
+    """
+
+    target_spacing: tuple[float, float, float] | None = None
+    intensity: str = "zscore"
+    suv_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.target_spacing is not None:
+            spacing = tuple(float(s) for s in self.target_spacing)
+            if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+                raise ValueError(f"target_spacing {self.target_spacing!r} is not 3 positive sizes in mm (or null)")
+            object.__setattr__(self, "target_spacing", spacing)
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity {self.intensity!r} is not one of {INTENSITY_MODES}")
+        if not (math.isfinite(float(self.suv_scale)) and float(self.suv_scale) > 0):
+            raise ValueError(f"suv_scale {self.suv_scale!r} is not a positive number")
+
+    @classmethod
+    def from_dict(cls, values: Mapping | None) -> "Preprocessing":
+        """From a checkpoint's or config's dict; ``None`` (checkpoints before wspet stored it) is the default."""
+        if values is None:
+            return cls()
+        unknown = set(values) - {"target_spacing", "intensity", "suv_scale"}
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys {sorted(unknown)}")
+        spacing = values.get("target_spacing")
+        return cls(
+            target_spacing=None if spacing is None else tuple(spacing),
+            intensity=values.get("intensity", "zscore"),
+            suv_scale=values.get("suv_scale", 1.0),
+        )
+
+    def as_dict(self) -> dict:
+        """Plain values for checkpoints and logs (the spacing as a list)."""
+        values = asdict(self)
+        if self.target_spacing is not None:
+            values["target_spacing"] = list(self.target_spacing)
+        return values
+
+    def transforms(self) -> list[tio.Transform]:
+        """TorchIO steps for a subject: resampling (if any), then intensity normalisation of ``image``."""
+        steps: list[tio.Transform] = []
+        if self.target_spacing is not None:
+            steps.append(tio.Resample(self.target_spacing))
+        if self.intensity == "zscore":
+            steps.append(tio.ZNormalization(include=["image"]))
+        else:
+            steps.append(SuvScaling(self.suv_scale, include=["image"]))
+        return steps
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """The intensity step on an array of any shape, float32; ValueError for a constant z-scored image."""
+        tensor = torch.from_numpy(np.asarray(image, dtype=np.float32))
+        if self.intensity == "suv":
+            return (tensor / self.suv_scale).numpy()
+        mean, std = tensor.mean(), tensor.std()  # unbiased std, as TorchIO
+        if not std > 0:
+            raise ValueError(f"image shape {image.shape} is constant ({float(mean):.4g}): nothing to normalise")
+        return ((tensor - mean) / std).numpy()
+
+    def to_network_grid(self, image: np.ndarray, affine: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(array, affine)`` of ``image`` ``(I, J, K)`` resampled to ``target_spacing`` (unchanged without one)."""
+        if self.target_spacing is None:
+            return image, affine
+        if affine is None:
+            raise ValueError(f"resampling to {self.target_spacing} mm needs the image's affine, got None")
+        resampled = tio.Resample(self.target_spacing)(_scalar(image, affine))
+        return resampled.data[0].numpy(), resampled.affine
+
+    def to_native_grid(
+        self, values: np.ndarray, affine: np.ndarray | None, shape: Sequence[int], native_affine: np.ndarray | None
+    ) -> np.ndarray:
+        """``values`` on the network grid resampled (linearly) back to a volume of ``shape`` and ``native_affine``."""
+        if self.target_spacing is None:
+            return values
+        native = tio.Resample((tuple(int(s) for s in shape), np.asarray(native_affine)))(_scalar(values, affine))
+        return np.ascontiguousarray(native.data[0].numpy(), dtype=np.float32)
+
+
+def _scalar(array: np.ndarray, affine: np.ndarray) -> tio.ScalarImage:
+    return tio.ScalarImage(tensor=torch.from_numpy(np.asarray(array, dtype=np.float32))[None], affine=affine)
