@@ -48,9 +48,9 @@ bench: install
 # The paper's Figure 1 as one Hydra multirun over experiments and seeds, then the report
 # (results.csv, results.md, figure1.png, figure2.png in the sweep folder).
 ABLATION_EXPERIMENTS ?= fs,dice,mdice,mdice_ms,mdice_ms_morph,dice_levelset
-# With the stage cache one seed trains 5 distinct stages, about 33 min on 2 CPU cores (the fs, dice,
-# mdice runs of seed 0 took 23 min together, measured): two seeds keep the
-# sweep within 90 minutes there; on GPUs use more (SEEDS=0,1,2,3,4).
+# With the stage cache one seed trains 5 distinct stages: two seeds took 56 min on 2 CPU cores
+# (docs/results/phantom-ablation.md), within the 90-minute budget there; on GPUs use more
+# (SEEDS=0,1,2,3,4).
 SEEDS ?= 0,1
 SWEEP_DIR ?= outputs/ablation/$(shell date +%Y-%m-%d_%H-%M-%S)
 ablation: install data
