@@ -1,6 +1,8 @@
 """Sliding-window inference: window placement, Gaussian blending, bounded memory, the model path."""
 
+import logging
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wspet.inference import gaussian_importance, predict_probabilities, sliding_window, window_starts
+from wspet.data.format import Volume
+from wspet.inference import (
+    gaussian_importance, predict_probabilities, sliding_window, warn_if_spacing_differs, window_starts,
+)
 from wspet.module import LesionSegmenter
 
 
@@ -160,3 +165,28 @@ def test_batches_hold_at_most_batch_size_windows(monkeypatch):
     image = np.random.default_rng(3).gamma(2.0, 0.5, size=(40, 16, 16)).astype(np.float32)
     predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(4, 0, 0), batch_size=2)
     assert calls == [2, 1]  # 3 windows along i
+
+
+# --------------------------------------------------------------------------- spacing warning
+
+
+def volume(spacing, path="scan.nii.gz") -> Volume:
+    return Volume(np.ones((4, 4, 4), np.float32), np.diag([*spacing, 1.0]), Path(path))
+
+
+@pytest.mark.parametrize("trained, scan, preprocessing, warned", [
+    ([2.0, 2.0, 2.0], (4.0, 4.0, 2.0), None, True),
+    ([2.0, 2.0, 2.0], (2.2, 2.0, 1.8), None, False),
+    ([2.0, 2.0, 2.0], (4.0, 4.0, 2.0), {"target_spacing": [2.0, 2.0, 2.0]}, False),  # resampled anyway
+    (None, (4.0, 4.0, 2.0), None, False),  # a checkpoint that does not say
+])
+def test_a_scan_far_off_the_training_spacing_is_warned_about(trained, scan, preprocessing, warned, caplog):
+    model = LesionSegmenter(net={"features": [4, 8]}, loss={"_target_": "wspet.losses.DiceLoss"},
+                            preprocessing=preprocessing, training_spacing=trained)
+    with caplog.at_level(logging.WARNING, logger="wspet.inference"):
+        assert warn_if_spacing_differs(model, volume(scan, "/data/pat7.nii.gz")) is warned
+    if warned:
+        assert "/data/pat7.nii.gz: spacing (4, 4, 2) mm is 2.00x off the (2, 2, 2) mm" in caplog.text
+        assert "lesions will look smaller" in caplog.text
+    else:
+        assert caplog.text == ""

@@ -124,6 +124,8 @@ def test_mixed_spacings_train_after_resampling_and_predict_on_each_native_grid(t
     assert checkpoint["hyper_parameters"]["preprocessing"] == {
         "target_spacing": [float(s) for s in spacing], "intensity": "suv", "suv_scale": 2.0,
     }
+    # The median of the training volumes as read: one of five is stretched, the others are not.
+    assert np.allclose(checkpoint["hyper_parameters"]["training_spacing"], spacing)
     for case in ("hn_006", "hn_007"):  # masks on each test image's own grid
         mask = nib.load(str(tmp_path / "resampled" / "predictions" / f"{case}_mask.nii.gz"))
         image = nib.load(str(root / "imagesTs" / f"{case}.nii.gz"))

@@ -16,6 +16,7 @@ and the network's activations for it. Nothing grows with the number of windows.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -33,6 +34,9 @@ PostProcess = Callable[[np.ndarray, np.ndarray, tuple], np.ndarray]
 WindowFn = Callable[[torch.Tensor], torch.Tensor]
 
 GAUSSIAN_SIGMA_FRACTION = 1 / 8  # of the window, per axis (nnU-Net's sigma_scale)
+SPACING_WARNING_RATIO = 1.2  # as the data check's max_spacing_ratio
+
+log = logging.getLogger(__name__)
 
 
 def check_window(window: Sequence[int], overlap: Sequence[int], divisor: int = 1) -> tuple[tuple, tuple]:
@@ -159,6 +163,27 @@ def predict_probabilities(
     return prepare.to_native_grid(probs, network_affine, image.shape, affine)
 
 
+def warn_if_spacing_differs(model: LesionSegmenter, image: Volume) -> bool:
+    """True (and a logged warning) when the network would see voxels of another size than in training."""
+    trained = model.hparams.get("training_spacing")
+    if trained is None or model.preprocessing.target_spacing is not None:
+        return False  # unknown, or resampled to the training spacing anyway
+    ratios = np.maximum(np.divide(image.spacing, trained), np.divide(trained, image.spacing))
+    if not np.any(ratios > SPACING_WARNING_RATIO):
+        return False
+    log.warning(
+        "%s: spacing %s mm is %.2fx off the %s mm the model was trained on; lesions will look %s to it. "
+        "Resample the scan, or train with data.target_spacing set (docs/training.md)",
+        image.path, _mm(image.spacing), float(ratios.max()), _mm(trained),
+        "larger" if np.prod(image.spacing) < np.prod(trained) else "smaller",
+    )
+    return True
+
+
+def _mm(spacing: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{s:.3g}" for s in spacing) + ")"
+
+
 def predict_mask(
     model: LesionSegmenter,
     image: Volume,
@@ -168,7 +193,12 @@ def predict_mask(
     threshold: float = 0.5,
     batch_size: int = 2,
 ) -> np.ndarray:
-    """Binary lesion mask ``(I, J, K)`` for ``image``: probabilities > ``threshold``, post-processed."""
+    """Binary lesion mask ``(I, J, K)`` for ``image``: probabilities > ``threshold``, post-processed.
+
+    Logs a warning naming the file when the model works at native spacing and ``image``'s spacing
+    is off the training volumes' median by more than :data:`SPACING_WARNING_RATIO` on an axis.
+    """
+    warn_if_spacing_differs(model, image)
     probs = predict_probabilities(model, image.array, image.affine, window, overlap, batch_size)
     mask = probs > threshold
     del probs

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 from wspet.data.preprocessing import Preprocessing
 from wspet.model.unet3d import UNet3D
 
-ARGUMENTS = ("net", "loss", "supervision", "optimizer", "channels_last", "preprocessing")
+ARGUMENTS = ("net", "loss", "supervision", "optimizer", "channels_last", "preprocessing", "training_spacing")
 
 
 class LesionSegmenter(L.LightningModule):
@@ -29,6 +29,8 @@ class LesionSegmenter(L.LightningModule):
         preprocessing: how inputs were prepared in training
             (:meth:`wspet.data.preprocessing.Preprocessing.as_dict`), so inference repeats it;
             ``None`` is per-volume z-scores at native spacing.
+        training_spacing: median voxel spacing in mm of the training volumes as read, so that
+            inference can warn about a scan far off it (``None``: unknown).
 
     All arguments are plain config values, saved in the checkpoint, so
     ``LesionSegmenter.load_from_checkpoint(path)`` rebuilds the network alone.
@@ -42,6 +44,7 @@ class LesionSegmenter(L.LightningModule):
         optimizer: dict | None = None,
         channels_last: bool = False,
         preprocessing: dict | None = None,
+        training_spacing: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -261,7 +261,7 @@ def pretraining_config(cfg: DictConfig) -> DictConfig:
     return stage
 
 
-def build_model(cfg: DictConfig, init_from: str | None) -> LesionSegmenter:
+def build_model(cfg: DictConfig, init_from: str | None, training_spacing: list[float] | None = None) -> LesionSegmenter:
     model = LesionSegmenter(
         net=OmegaConf.to_container(cfg.model.net, resolve=True),
         loss=OmegaConf.to_container(cfg.loss.module, resolve=True),
@@ -269,6 +269,7 @@ def build_model(cfg: DictConfig, init_from: str | None) -> LesionSegmenter:
         optimizer=OmegaConf.to_container(cfg.model.optimizer, resolve=True),
         channels_last=cfg.model.channels_last,
         preprocessing=data_preprocessing(cfg.data).as_dict(),
+        training_spacing=training_spacing,
     )
     if init_from:
         load_network_weights(model, init_from)
@@ -382,7 +383,7 @@ def fit_stage(
     L.seed_everything(cfg.seed, workers=True)
     datamodule = PetDataModule(supervision=cfg.loss.supervision, **_data_arguments(cfg.data))
     datamodule.setup("fit")
-    model = build_model(cfg, init_from)
+    model = build_model(cfg, init_from, datamodule.median_spacing())
     checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best", **cfg.callbacks.checkpoint)
     guard = CollapseGuard(**cfg.callbacks.collapse_guard)
     saver = SaveOnSignal(stage_dir / "checkpoints" / LAST)

@@ -141,6 +141,13 @@ class PetDataModule(L.LightningDataModule):
         self.val_subjects = [self._subject(c, read_label=full or self.val_labels) for c in val_cases]
         log.info("%s: %d training and %d validation cases", self.root, len(train_cases), len(val_cases))
 
+    def median_spacing(self) -> list[float] | None:
+        """Median voxel spacing in mm of the training volumes as read (before resampling); None before setup."""
+        if not self.train_subjects:
+            return None
+        spacings = np.array([subject["image"].spacing for subject in self.train_subjects])
+        return [round(float(s), 6) for s in np.median(spacings, axis=0)]
+
     def _subject(self, case: CaseEntry, read_label: bool) -> tio.Subject:
         subject = make_subject(case, read_label=read_label, box_margin_mm=self.box_margin_mm)
         if self.supervision == "label" and "label" not in subject:
