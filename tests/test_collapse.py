@@ -41,8 +41,8 @@ def test_guard_can_raise_or_ignore():
 def test_a_collapsed_run_is_stopped_and_marked(train_config, tmp_path, monkeypatch):
     original = training.build_model
 
-    def saturated_model(cfg, init_from):
-        model = original(cfg, init_from)
+    def saturated_model(cfg, init_from, training_spacing=None):
+        model = original(cfg, init_from, training_spacing)
         torch.nn.init.constant_(model.net.head.bias, -50.0)  # the sigmoid saturates at 0 everywhere
         return model
 

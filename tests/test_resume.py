@@ -20,6 +20,7 @@ import torch
 import wspet.training as training
 from wspet.checkpointing import AtomicCheckpointIO, EpochSeededLoader, epoch_seed
 from wspet.module import LesionSegmenter
+from wspet.resume import STAGE_RECORD, resume_mode
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
@@ -122,7 +123,7 @@ def test_a_finished_stage_is_not_trained_again(train_config, tmp_path, monkeypat
     # Killed during the second stage (its last.ckpt written, not its record): the box-Dice stage
     # is taken from its record, the second stage continues from its last.ckpt.
     (tmp_path / "summary.json").unlink()
-    (tmp_path / training.STAGE_RECORD).unlink()
+    (tmp_path / STAGE_RECORD).unlink()
     resumed = training.train(train_config(tmp_path, [*train_config_overrides, "++ckpt_path=last"]))
     assert fits == [("mdice", tmp_path / "checkpoints" / "last.ckpt")]
     assert resumed["stages"]["pretrain_dice"] == first["stages"]["pretrain_dice"]
@@ -131,9 +132,9 @@ def test_a_finished_stage_is_not_trained_again(train_config, tmp_path, monkeypat
 def test_killed_during_evaluation_evaluates_without_training(train_config, tmp_path, monkeypatch):
     overrides = ["loss=dice", *FAST]
     first = training.train(train_config(tmp_path, overrides))
-    record = json.loads((tmp_path / training.STAGE_RECORD).read_text())
+    record = json.loads((tmp_path / STAGE_RECORD).read_text())
     record.update(evaluated=False, test_rows=[])
-    (tmp_path / training.STAGE_RECORD).write_text(json.dumps(record))
+    (tmp_path / STAGE_RECORD).write_text(json.dumps(record))
     (tmp_path / "summary.json").unlink()
     monkeypatch.setattr(training, "fit_stage", lambda *a, **k: pytest.fail("a trained stage was trained again"))
     resumed = training.train(train_config(tmp_path, [*overrides, "++ckpt_path=last"]))
@@ -144,17 +145,17 @@ def test_what_ckpt_path_resumes(train_config, tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     cfg = train_config(tmp_path, ["++ckpt_path=last"])
     with pytest.raises(ValueError, match=r"ckpt_path=last: .* has no checkpoints/last.ckpt"):
-        training.resume_mode(cfg, tmp_path)
+        resume_mode(cfg, tmp_path)
     with pytest.raises(FileNotFoundError, match="ckpt_path nowhere.ckpt: no such checkpoint"):
-        training.resume_mode(train_config(tmp_path, ["++ckpt_path=nowhere.ckpt"]), tmp_path)
+        resume_mode(train_config(tmp_path, ["++ckpt_path=nowhere.ckpt"]), tmp_path)
     fresh = train_config(tmp_path)
-    assert training.resume_mode(fresh, tmp_path) is None
+    assert resume_mode(fresh, tmp_path) is None
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert training.resume_mode(fresh, tmp_path) is None  # a leftover checkpoint alone never resumes
+    assert resume_mode(fresh, tmp_path) is None  # a leftover checkpoint alone never resumes
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # Slurm's second attempt of this job
-    assert training.resume_mode(fresh, tmp_path) == "last"
-    assert training.resume_mode(cfg, tmp_path) == "last"
+    assert resume_mode(fresh, tmp_path) == "last"
+    assert resume_mode(cfg, tmp_path) == "last"
 
 
 def test_ckpt_path_file_continues_training_in_a_new_folder(train_config, tmp_path):

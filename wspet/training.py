@@ -10,20 +10,14 @@ import copy
 import json
 import logging
 import shutil
-import signal
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
 import torchio as tio
-import wandb
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -35,7 +29,6 @@ from wspet.checkpointing import (
     EpochSeededLoader,
     SaveOnSignal,
     launch_rank_is_zero,
-    requeued_by_slurm,
     resume_checkpoint,
 )
 from wspet.collapse import CollapseGuard
@@ -44,68 +37,24 @@ from wspet.data.datamodule import PetDataModule
 from wspet.data.preprocessing import Preprocessing
 from wspet.data.format import read_dataset
 from wspet.data.phantom import write_phantom_dataset
-from wspet.evaluation import evaluate_cases, format_table, mean_metrics
+from wspet.evaluation import evaluate_cases, format_table
 from wspet.io import atomic_path, write_text
 from wspet.module import LesionSegmenter
-from wspet.provenance import write_provenance
+from wspet.resume import (
+    finished_summary,
+    read_stage_record,
+    record_run,
+    resume_mode,
+    stopped_by_signal,
+    write_stage_record,
+)
+from wspet.run_loggers import build_loggers, finish_loggers, log_test_metrics
 from wspet.stage_cache import StageCache, stage_key
+from wspet.stage_result import PRETRAIN_STAGE, StageResult
 
 log = logging.getLogger(__name__)
 
 WEAK_STAGE_LOSS = "dice"
-PRETRAIN_STAGE = "pretrain_dice"
-# Written by rank 0 into each stage's folder once the stage is trained, and again once evaluated;
-# a resumed run reads it instead of training the stage again.
-STAGE_RECORD = "stage.json"
-
-
-def _sweep_name(default: str) -> str:
-    """``${wspet_sweep_name:default}``: the sweep folder's name in a Hydra multirun, else ``default``."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().sweep.dir).name
-    return default
-
-
-def _sweep_run_name(default: str) -> str:
-    """``${wspet_sweep_run:default}``: the job's overrides (``loss=fs,seed=1``) in a multirun, else ``default``."""
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return HydraConfig.get().job.override_dirname or default
-    return default
-
-
-# Used by conf/logger/default.yaml to group a sweep's W&B runs and name them by their overrides.
-OmegaConf.register_new_resolver("wspet_sweep_name", _sweep_name, replace=True)
-OmegaConf.register_new_resolver("wspet_sweep_run", _sweep_run_name, replace=True)
-
-
-@dataclass
-class StageResult:
-    """What one training stage left: its best checkpoint and test metrics."""
-
-    name: str
-    checkpoint: Path
-    collapsed: bool
-    test_rows: list[dict] = field(default_factory=list)
-    evaluated: bool = False
-
-    @property
-    def test_summary(self) -> dict:
-        return mean_metrics(self.test_rows) if self.test_rows else {}
-
-
-def write_stage_record(stage_dir: Path, result: StageResult) -> None:
-    record = {**asdict(result), "checkpoint": str(result.checkpoint)}
-    write_text(stage_dir / STAGE_RECORD, json.dumps(record, indent=2, default=float) + "\n")
-
-
-def read_stage_record(stage_dir: Path) -> StageResult | None:
-    """The stage a previous attempt finished training (and maybe evaluating), or None."""
-    path = stage_dir / STAGE_RECORD
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    return StageResult(**{**record, "checkpoint": Path(record["checkpoint"])})
-
 
 def train(cfg: DictConfig) -> dict:
     """Train and evaluate the experiment ``cfg``; return the summary also written to ``summary.json``.
@@ -147,69 +96,6 @@ def train(cfg: DictConfig) -> dict:
         write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
         print_results(stages)
     return summary
-
-
-def resume_mode(cfg: DictConfig, out_dir: Path) -> str | Path | None:
-    """None (start afresh), ``"last"`` (resume the run folder) or the checkpoint file to resume from."""
-    value = cfg.get("ckpt_path")
-    if value in (None, ""):
-        if requeued_by_slurm() and _has_progress(out_dir):
-            log.warning("requeued Slurm job: resuming %s from its last checkpoint", out_dir)
-            return "last"
-        return None
-    if value == "last":
-        if not _has_progress(out_dir):
-            raise ValueError(
-                f"ckpt_path=last: {out_dir} has no checkpoints/last.ckpt and no finished stage to resume; "
-                "point hydra.run.dir (or paths.output_dir) at the run folder to resume"
-            )
-        return "last"
-    path = Path(str(value))
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path {value}: no such checkpoint file (or use ckpt_path=last)")
-    return path
-
-
-def _has_progress(out_dir: Path) -> bool:
-    stage_dirs = (out_dir, out_dir / PRETRAIN_STAGE)
-    return any(resume_checkpoint(d) or (d / STAGE_RECORD).is_file() for d in stage_dirs)
-
-
-def finished_summary(out_dir: Path) -> dict | None:
-    """The summary of a run whose last stage was trained and evaluated, or None."""
-    record = read_stage_record(out_dir)
-    summary = out_dir / "summary.json"
-    if record is None or not record.evaluated or not summary.is_file():
-        return None
-    return json.loads(summary.read_text())
-
-
-def record_run(cfg: DictConfig, out_dir: Path, resuming: bool) -> None:
-    """``config.yaml`` and ``provenance.json`` (+ ``git.diff``); a resumed run keeps the first config."""
-    saved = out_dir / "config.yaml"
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if resuming and saved.is_file():
-        changed = config_changes(OmegaConf.to_container(OmegaConf.load(saved)), resolved)
-        if changed:
-            log.warning("resuming %s with a config that differs from its config.yaml at: %s", out_dir, ", ".join(changed))
-    else:
-        write_text(saved, OmegaConf.to_yaml(resolved))
-    write_provenance(out_dir, resumed=resuming)
-
-
-def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs (``ckpt_path`` excepted)."""
-    changed = []
-    for key in sorted(set(before) | set(after), key=str):
-        name = f"{prefix}{key}"
-        old, new = before.get(key), after.get(key)
-        if name == "ckpt_path":
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            changed += config_changes(old, new, f"{name}.")
-        elif old != new:
-            changed.append(name)
-    return changed
 
 
 def ensure_dataset(data_cfg: DictConfig) -> None:
@@ -402,18 +288,6 @@ def fit_stage(
     return StageResult(name=name, checkpoint=Path(best), collapsed=guard.collapsed)
 
 
-def stopped_by_signal(saver: SaveOnSignal, run_dir: Path) -> None:
-    """End the process after a signal stopped training: requeue if Slurm asked, exit 128 + signal."""
-    saver.hand_over()  # submitit's requeue handler exits here
-    signum = saver.pending or signal.SIGTERM
-    where = f"saved {saver.path}" if saver.saved else "no checkpoint saved"
-    log.error(
-        "training stopped by %s (%s); resume with the same overrides plus ckpt_path=last "
-        "hydra.run.dir=%s", signal.Signals(signum).name, where, run_dir,
-    )
-    raise SystemExit(128 + signum)
-
-
 class FitData(L.LightningDataModule):
     """What the Trainer fits on: ``PetDataModule``'s data, replayable for resuming, split over DDP ranks.
 
@@ -465,35 +339,6 @@ def _data_arguments(data_cfg: DictConfig) -> dict:
     return arguments
 
 
-def build_loggers(cfg: DictConfig, stage_dir: Path, resumed: bool = False) -> list:
-    """The configured loggers, writing under ``stage_dir``.
-
-    A resumed stage's W&B run is a new run tagged ``resumed``. Lightning's CSV logger deletes an existing
-    ``metrics.csv``; a resumed stage keeps the earlier attempt's as ``metrics-attempt<k>.csv`` beside it.
-    """
-    loggers = []
-    for name, logger_cfg in (cfg.get("logger") or {}).items():
-        arguments = {"save_dir": str(stage_dir)}
-        if resumed and "tags" in logger_cfg:
-            arguments["tags"] = [*logger_cfg.tags, "resumed"]
-        logger = instantiate(logger_cfg, **arguments)
-        if resumed and isinstance(logger, CSVLogger) and launch_rank_is_zero():
-            keep_earlier_csv(Path(logger.log_dir) / "metrics.csv")
-        loggers.append(logger)
-    return loggers
-
-
-def keep_earlier_csv(path: Path) -> Path | None:
-    """Rename an earlier attempt's ``metrics.csv`` to the first free ``metrics-attempt<k>.csv``."""
-    if not path.is_file():
-        return None
-    attempt = 1
-    while (kept := path.with_name(f"{path.stem}-attempt{attempt}{path.suffix}")).exists():
-        attempt += 1
-    path.rename(kept)
-    return kept
-
-
 def evaluate_stage(cfg: DictConfig, checkpoint: Path, stage_dir: Path) -> list[dict]:
     model = LesionSegmenter.load_from_checkpoint(checkpoint, map_location="cpu")
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
@@ -504,23 +349,6 @@ def evaluate_stage(cfg: DictConfig, checkpoint: Path, stage_dir: Path) -> list[d
         model, cases, stage_dir, postprocess=postprocess,
         window=cfg.evaluate.window, overlap=cfg.evaluate.overlap, threshold=cfg.evaluate.threshold,
     )
-
-
-def log_test_metrics(loggers: list, result: StageResult, overlays: Path) -> None:
-    """Test means to every logger; the best/worst-case overlay picture to W&B as well."""
-    summary = {f"test/{k}": v for k, v in result.test_summary.items()}
-    for logger in loggers:
-        logger.log_metrics(summary)
-        if isinstance(logger, WandbLogger) and overlays.is_file():
-            logger.log_image(key="test/overlays", images=[str(overlays)], caption=["best and worst test case"])
-
-
-def finish_loggers(loggers: list) -> None:
-    for logger in loggers:
-        logger.finalize("success")
-    # Each stage is its own W&B run; close this one before the next stage opens another.
-    if wandb.run is not None:
-        wandb.finish()
 
 
 def run_summary(cfg: DictConfig, stages: list[StageResult]) -> dict:
