@@ -8,6 +8,8 @@ being written. Every final file must then load in full with the content it was w
 from __future__ import annotations
 
 import importlib.util
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -238,3 +240,17 @@ def test_sigkill_during_predict_leaves_only_whole_masks(tmp_path):
 
 if __name__ == "__main__":
     write_forever(Path(sys.argv[1]), sys.argv[2])
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_get_the_mode_the_umask_gives_not_mkstemps_private_one(tmp_path, umask, expected):
+    from wspet.io import save_nifti, write_text
+
+    previous = os.umask(umask)
+    try:
+        text = write_text(tmp_path / "summary.json", "{}\n")
+        mask = save_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4), tmp_path / "mask.nii.gz")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(text.stat().st_mode) == expected
+    assert stat.S_IMODE(mask.stat().st_mode) == expected
