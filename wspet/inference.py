@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from wspet.data.check import spacing_text
 from wspet.data.format import NIFTI_SUFFIXES, Volume
 from wspet.io import save_nifti
 from wspet.module import LesionSegmenter
@@ -174,14 +175,10 @@ def warn_if_spacing_differs(model: LesionSegmenter, image: Volume) -> bool:
     log.warning(
         "%s: spacing %s mm is %.2fx off the %s mm the model was trained on; lesions will look %s to it. "
         "Resample the scan, or train with data.target_spacing set (docs/training.md)",
-        image.path, _mm(image.spacing), float(ratios.max()), _mm(trained),
+        image.path, spacing_text(image.spacing), float(ratios.max()), spacing_text(trained),
         "larger" if np.prod(image.spacing) < np.prod(trained) else "smaller",
     )
     return True
-
-
-def _mm(spacing: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{s:.3g}" for s in spacing) + ")"
 
 
 def predict_mask(

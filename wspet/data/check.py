@@ -225,8 +225,8 @@ def spacing_problems(
         axis = int(np.argmax(ratios))
         if ratios[axis] > max_ratio:
             problems.append(
-                f"{cases[name].image}: spacing {_mm(spacing)} mm is {ratios[axis]:.2f}x the median"
-                f" {_mm(median)} mm on axis {axis} (limit {max_ratio:g}x): the model assumes one spacing;"
+                f"{cases[name].image}: spacing {spacing_text(spacing)} mm is {ratios[axis]:.2f}x the median"
+                f" {spacing_text(median)} mm on axis {axis} (limit {max_ratio:g}x): the model assumes one spacing;"
                 " resample the case or drop it"
             )
     return problems
@@ -245,7 +245,8 @@ def _orientation_warnings(orientations: dict[str, tuple[str, ...]], cases: dict[
     ]
 
 
-def _mm(spacing: Sequence[float]) -> str:
+def spacing_text(spacing: Sequence[float]) -> str:
+    """``(3.5, 3.5, 3.1)``: a spacing in mm for messages, 3 significant digits."""
     return "(" + ", ".join(f"{s:.3g}" for s in spacing) + ")"
 
 

@@ -60,8 +60,8 @@ class PetDataModule(L.LightningDataModule):
     """Training patches and validation volumes from a wspet dataset folder.
 
     Batches are TorchIO dicts; ``batch["image"]["data"]`` is ``(B, 1, D, H, W)`` normalised
-    PET (:class:`~wspet.data.preprocessing.Preprocessing`), ``batch["box"]["data"]`` the union of the boxes, and ``batch["label"]["data"]`` the
-    lesion mask where it is read: always for full supervision, and for validation cases only
+    PET (:class:`~wspet.data.preprocessing.Preprocessing`), ``batch["box"]["data"]`` the union
+    of the boxes, and ``batch["label"]["data"]`` the lesion mask where it is read: always for full supervision, and for validation cases only
     to report ``val/dice`` (never for a weak loss).
 
     Args:
