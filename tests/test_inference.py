@@ -147,11 +147,17 @@ def test_a_constant_image_is_refused():
         predict_probabilities(tiny_model(), np.ones((16, 16, 16), np.float32), np.eye(4), (16, 16, 16), (0, 0, 0))
 
 
-def test_a_volume_the_window_covers_takes_one_forward_pass(monkeypatch):
-    model = tiny_model()
-    calls = []
+def record_batch_sizes(model: LesionSegmenter, monkeypatch) -> list[int]:
+    """The list that ``model``'s forward passes will append their batch sizes to."""
+    calls: list[int] = []
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda x: (calls.append(x.shape[0]), forward(x))[1])
+    return calls
+
+
+def test_a_volume_the_window_covers_takes_one_forward_pass(monkeypatch):
+    model = tiny_model()
+    calls = record_batch_sizes(model, monkeypatch)
     image = np.random.default_rng(2).gamma(2.0, 0.5, size=(16, 16, 12)).astype(np.float32)
     probs = predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(8, 8, 8), batch_size=8)
     assert sum(calls) == 1 and probs.shape == (16, 16, 12)
@@ -159,9 +165,7 @@ def test_a_volume_the_window_covers_takes_one_forward_pass(monkeypatch):
 
 def test_batches_hold_at_most_batch_size_windows(monkeypatch):
     model = tiny_model()
-    calls = []
-    forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda x: (calls.append(x.shape[0]), forward(x))[1])
+    calls = record_batch_sizes(model, monkeypatch)
     image = np.random.default_rng(3).gamma(2.0, 0.5, size=(40, 16, 16)).astype(np.float32)
     predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(4, 0, 0), batch_size=2)
     assert calls == [2, 1]  # 3 windows along i
