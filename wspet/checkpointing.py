@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import re
 import signal
@@ -59,6 +60,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's load, always weights-only: resuming from ``ckpt_path=`` runs nothing in the file.
+
+        ``torch>=2.1`` is allowed, and torch before 2.6 unpickles anything by default (docs/security.md).
+        """
+        location = {} if map_location is None else {"map_location": map_location}  # else Lightning's: keep devices
+        try:
+            return super().load_checkpoint(path, weights_only=True, **location)
+        except pickle.UnpicklingError as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else "UnpicklingError"
+            raise ValueError(f"{path}: not a checkpoint holding only weights and plain values ({first})") from None
 
 
 class SaveOnSignal(Callback):

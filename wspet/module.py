@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torchio as tio
 from hydra.utils import instantiate
 from torchmetrics import MeanMetric
 
+import wspet.losses
 from wspet.data.preprocessing import Preprocessing
 from wspet.model.unet3d import UNet3D
 
@@ -22,7 +24,8 @@ class LesionSegmenter(L.LightningModule):
 
     Args:
         net: keyword arguments of :class:`UNet3D` (``in_channels``, ``features``).
-        loss: the ``module`` node of a ``conf/loss`` file (a ``_target_`` and its parameters).
+        loss: the ``module`` node of a ``conf/loss`` file (a ``_target_`` naming a class of
+            ``wspet.losses`` and its plain parameters); ``None`` for a model that only predicts.
         supervision: ``box`` or ``label``: which mask of the batch the loss is given.
         optimizer: a ``_target_`` optimizer config (``torch.optim.SGD``, ...) without params.
         channels_last: use ``torch.channels_last_3d`` memory, faster for 3D convolutions.
@@ -33,7 +36,8 @@ class LesionSegmenter(L.LightningModule):
             inference can warn about a scan far off it (``None``: unknown).
 
     All arguments are plain config values, saved in the checkpoint, so
-    ``LesionSegmenter.load_from_checkpoint(path)`` rebuilds the network alone.
+    ``LesionSegmenter.from_checkpoint(path)`` rebuilds the network alone. Use it, not Lightning's
+    ``load_from_checkpoint``, which would build whatever loss the file names (docs/security.md).
     """
 
     def __init__(
@@ -50,7 +54,7 @@ class LesionSegmenter(L.LightningModule):
         self.save_hyperparameters()
         self.preprocessing = Preprocessing.from_dict(preprocessing)
         self.net = UNet3D(**net)
-        self.loss_fn = instantiate(loss)
+        self.loss_fn = build_loss(loss) if loss is not None else None  # None: inference only
         self.supervision = supervision
         self.channels_last = channels_last
         if channels_last:
@@ -103,23 +107,22 @@ class LesionSegmenter(L.LightningModule):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "LesionSegmenter":
-        """Load a model written by ``train.py``; a clear error instead of a state-dict traceback.
+        """Load a model written by ``train.py`` for prediction; nothing the file names is run.
 
-        Raises FileNotFoundError for a missing file and ValueError naming the file when it is not
-        a readable checkpoint, not a wspet checkpoint, or its weights do not fit its network
-        config (the missing and unexpected keys are listed).
+        The file is read by :func:`load_checkpoint` (weights-only, its loss and optimizer checked
+        against the allow-lists); the loss is not built, since predicting needs none. Raises
+        FileNotFoundError for a missing file and ValueError naming the file when it is not a
+        readable weights-only checkpoint, not a wspet checkpoint, names a loss or optimizer outside
+        the allow-lists, or its weights do not fit its network config (missing and unexpected keys
+        are listed).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint does not exist")
+        checkpoint = load_checkpoint(path, map_location)
+        hparams = checkpoint["hyper_parameters"]
+        arguments = {k: v for k, v in hparams.items() if k in ARGUMENTS and k != "loss"}
         try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as error:  # pickle, zip and torch errors all mean the same to a user
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
-        hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-        if not isinstance(hparams, dict) or "net" not in hparams or "state_dict" not in checkpoint:
-            raise ValueError(f"{path}: not a wspet checkpoint (no 'net' hyper-parameters or no state_dict)")
-        model = cls(**{k: v for k, v in hparams.items() if k in ARGUMENTS})
+            model = cls(loss=None, **arguments)
+        except (TypeError, ValueError) as error:  # e.g. an unknown U-Net argument
+            raise ValueError(f"{path}: hyper-parameters do not build a wspet model: {error}") from None
         try:
             model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as error:  # missing, unexpected or differently shaped weights
@@ -130,6 +133,99 @@ class LesionSegmenter(L.LightningModule):
     def configure_optimizers(self) -> Any:
         config = self.hparams.optimizer or {"_target_": "torch.optim.SGD", "lr": 1e-5, "momentum": 0.9}
         return instantiate(config, params=self.parameters())
+
+
+# A checkpoint is untrusted input (docs/security.md): it may name only these, with plain arguments.
+PLAIN_VALUES = (bool, int, float, str, type(None))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A wspet checkpoint as plain data (state_dict tensors, hyper-parameters); no code in it runs.
+
+    ``torch.load(weights_only=True)`` refuses any pickled object other than tensors and plain
+    containers before it is built. The hyper-parameters are then checked: ``loss`` must name a
+    class of ``wspet.losses`` (:func:`loss_classes`) and ``optimizer`` one of ``torch.optim``,
+    each with plain number, string, bool or list arguments. Nothing is instantiated here.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file otherwise.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # pickle, zip and torch errors all mean the same to a user
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{path}: not a readable PyTorch checkpoint holding only weights and plain values ({reason})"
+        ) from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, Mapping) or "net" not in hparams or "state_dict" not in checkpoint:
+        raise ValueError(f"{path}: not a wspet checkpoint (no 'net' hyper-parameters or no state_dict)")
+    if not isinstance(hparams["net"], Mapping) or not all(isinstance(k, str) for k in hparams["net"]):
+        raise ValueError(f"{path}: hyper-parameter net {hparams['net']!r} is not a mapping of U-Net arguments")
+    if hparams.get("loss") is not None:
+        check_target(hparams["loss"], loss_classes(), f"{path}: hyper-parameter loss")
+    if hparams.get("optimizer") is not None:
+        check_target(hparams["optimizer"], optimizer_classes(), f"{path}: hyper-parameter optimizer")
+    return checkpoint
+
+
+def loss_classes() -> dict[str, type]:
+    """Dotted path -> class for every class ``wspet.losses`` exports (short and full module paths).
+
+    Read from ``wspet.losses.__all__`` on each call, so a loss added there is allowed at once.
+    """
+    classes = {}
+    for name in wspet.losses.__all__:
+        member = getattr(wspet.losses, name)
+        if isinstance(member, type) and issubclass(member, torch.nn.Module):
+            classes[f"wspet.losses.{name}"] = member
+            classes[f"{member.__module__}.{member.__qualname__}"] = member
+    return classes
+
+
+def optimizer_classes() -> dict[str, type]:
+    """Dotted path -> class for every optimizer ``torch.optim`` exports."""
+    classes = {}
+    for name in torch.optim.__all__:
+        member = getattr(torch.optim, name)
+        if isinstance(member, type) and issubclass(member, torch.optim.Optimizer) and member is not torch.optim.Optimizer:
+            classes[f"torch.optim.{name}"] = member
+            classes[f"{member.__module__}.{member.__qualname__}"] = member
+    return classes
+
+
+def check_target(spec: object, allowed: Mapping[str, type], where: str) -> None:
+    """Refuse (ValueError starting with ``where``) a ``_target_`` config outside ``allowed``.
+
+    Its other keys must be plain values or lists of them: a nested mapping could be another
+    ``_target_``, and ``_partial_``, ``_args_`` and the like steer Hydra itself.
+    """
+    target = spec.get("_target_") if isinstance(spec, Mapping) else None
+    if not isinstance(target, str) or target not in allowed:
+        names = sorted(name for name in allowed if name.count(".") == 2)
+        raise ValueError(f"{where}: _target_ {_shown(target if isinstance(spec, Mapping) else spec)} is not one of {names}")
+    for key, value in spec.items():
+        if key == "_target_":
+            continue
+        plain = isinstance(value, PLAIN_VALUES) or (
+            isinstance(value, (list, tuple)) and all(isinstance(v, PLAIN_VALUES) for v in value))
+        if not isinstance(key, str) or key.startswith("_") or not plain:
+            raise ValueError(
+                f"{where}: {target} argument {_shown(key)}={_shown(value)} is not a plain number, string, bool or list of them"
+            )
+
+
+def build_loss(spec: Mapping) -> torch.nn.Module:
+    """The loss module a ``conf/loss`` ``module`` node names, once :func:`check_target` allows it."""
+    check_target(spec, loss_classes(), "loss")
+    return instantiate(dict(spec))
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def hard_dice(prediction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from wspet.io import atomic_path
+from wspet.io import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,51 @@ def stage_key(cfg: DictConfig, init_from: str | Path | None) -> str:
 
 
 class StageCache:
-    """A folder of trained stages: ``<root>/<key>/best.ckpt``."""
+    """A folder of trained stages: ``<root>/<key>/best.ckpt`` and its SHA-256, ``best.ckpt.sha256``.
+
+    An entry is reused only when the checkpoint's bytes still hash to the digest recorded when
+    it was stored: a checkpoint replaced, truncated or planted without a digest is not reused
+    (the stage is trained again and stored anew). Reused checkpoints are still read weights-only
+    (``wspet.module.load_checkpoint``): a digest says the file is the one stored, not that it is safe.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def lookup(self, key: str) -> Path | None:
+        """The entry's checkpoint if present and matching its recorded digest, else None (logged)."""
         checkpoint = self.root / key / "best.ckpt"
-        return checkpoint if checkpoint.is_file() else None
+        if not checkpoint.is_file():
+            return None
+        recorded = _recorded_digest(digest_path(checkpoint))
+        if recorded is None:
+            log.warning("stage cache %s: no recorded SHA-256 in %s; not reusing it", checkpoint, digest_path(checkpoint))
+            return None
+        actual = file_digest(checkpoint)
+        if actual != recorded:
+            log.warning("stage cache %s: SHA-256 %s differs from the recorded %s; not reusing it",
+                        checkpoint, actual, recorded)
+            return None
+        return checkpoint
 
     def store(self, key: str, checkpoint: str | Path) -> Path:
-        """Copy ``checkpoint`` into the cache atomically (parallel jobs may store the same key)."""
+        """Copy ``checkpoint`` into the cache atomically (parallel jobs may store the same key), then its digest."""
         target = self.root / key / "best.ckpt"
         with atomic_path(target) as tmp:
             shutil.copyfile(checkpoint, tmp)
-        log.info("stored stage %s in %s", key, target)
+            digest = file_digest(tmp)
+        write_text(digest_path(target), digest + "\n")
+        log.info("stored stage %s in %s (SHA-256 %s)", key, target, digest)
         return target
+
+
+def digest_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".sha256")
+
+
+def _recorded_digest(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if re.fullmatch(r"[0-9a-f]{64}", text) else None

@@ -39,7 +39,7 @@ from wspet.data.format import read_dataset
 from wspet.data.phantom import write_phantom_dataset
 from wspet.evaluation import evaluate_cases, format_table
 from wspet.io import atomic_path, write_text
-from wspet.module import LesionSegmenter
+from wspet.module import LesionSegmenter, load_checkpoint
 from wspet.resume import (
     finished_summary,
     read_stage_record,
@@ -176,10 +176,8 @@ def load_network_weights(model: LesionSegmenter, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint to initialise from does not exist")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    saved = checkpoint.get("hyper_parameters", {}).get("net")
-    if saved is None:
-        raise ValueError(f"{path}: not a wspet checkpoint (no 'net' hyper-parameters)")
+    checkpoint = load_checkpoint(path)  # weights-only: nothing in the file runs (docs/security.md)
+    saved = checkpoint["hyper_parameters"]["net"]
     wanted = model.hparams.net
     for key in sorted(set(saved) | set(wanted)):
         if list_or_value(saved.get(key)) != list_or_value(wanted.get(key)):
@@ -244,6 +242,11 @@ def cached_stage(cfg: DictConfig, stage_dir: Path, init_from: str | None, name: 
     key = stage_key(cfg, init_from)
     cached = StageCache(cfg.stage_cache).lookup(key)
     if cached is None:
+        return None
+    try:
+        load_checkpoint(cached)  # a planted or foreign entry is refused before anything reads it
+    except ValueError as error:
+        log.warning("stage '%s': not reusing cached stage %s, training it again: %s", name, key, error)
         return None
     log.info("stage '%s': identical to cached stage %s; reusing %s", name, key, cached)
     target = stage_dir / "checkpoints" / "best.ckpt"
@@ -340,7 +343,7 @@ def _data_arguments(data_cfg: DictConfig) -> dict:
 
 
 def evaluate_stage(cfg: DictConfig, checkpoint: Path, stage_dir: Path) -> list[dict]:
-    model = LesionSegmenter.load_from_checkpoint(checkpoint, map_location="cpu")
+    model = LesionSegmenter.from_checkpoint(checkpoint, map_location="cpu")  # never Lightning's: it builds the file's loss
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
         model = model.cuda()
     cases = read_dataset(cfg.data.root).split(cfg.evaluate.split)
