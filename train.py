@@ -13,8 +13,9 @@ from wspet.training import train  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    """Train; return ``optimized_metric`` on validation (never a test value) for a Hydra sweeper."""
     summary = train(cfg)
-    return summary["test"].get("dice")  # the value a Hydra sweeper would optimise
+    return summary.get("validation", {}).get("value")
 
 
 if __name__ == "__main__":

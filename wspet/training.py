@@ -17,11 +17,12 @@ import torch
 import torchio as tio
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from wspet.callbacks import best_validation, build_callbacks
 from wspet.checkpointing import (
     LAST,
     REQUEUE_SIGNAL,
@@ -276,7 +277,7 @@ def fit_stage(
     checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best", **cfg.callbacks.checkpoint)
     guard = CollapseGuard(**cfg.callbacks.collapse_guard)
     saver = SaveOnSignal(stage_dir / "checkpoints" / LAST)
-    callbacks = [checkpoint, EarlyStopping(**cfg.callbacks.early_stopping), guard, saver]
+    callbacks = build_callbacks(cfg, checkpoint, guard, saver)
     trainer = build_trainer(cfg, callbacks, loggers, stage_dir)
     if ckpt_path is not None:
         log.info("stage '%s': resuming from %s", name, ckpt_path)
@@ -354,6 +355,12 @@ def evaluate_stage(cfg: DictConfig, checkpoint: Path, stage_dir: Path) -> list[d
     )
 
 
+def best_validation_metric(cfg: DictConfig, stage: StageResult) -> dict:
+    """``cfg.optimized_metric`` at the validation whose checkpoint the stage kept (what a sweeper optimises)."""
+    monitor = cfg.callbacks.checkpoint
+    return best_validation(stage.checkpoint, cfg.get("optimized_metric", "val/loss"), monitor.monitor, monitor.mode)
+
+
 def run_summary(cfg: DictConfig, stages: list[StageResult]) -> dict:
     final = stages[-1]
     return {
@@ -365,6 +372,7 @@ def run_summary(cfg: DictConfig, stages: list[StageResult]) -> dict:
         "checkpoint": str(final.checkpoint),
         "collapsed": final.collapsed,
         "test": final.test_summary,
+        "validation": best_validation_metric(cfg, final),
         "stages": {s.name: {"checkpoint": str(s.checkpoint), "collapsed": s.collapsed, "test": s.test_summary} for s in stages},
     }
 
