@@ -39,9 +39,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def _new_file_mode() -> int:
     """0o666 less the process's umask (read by setting it and putting it straight back)."""
+    return 0o666 & ~_umask()
+
+
+def new_folder_mode() -> int:
+    """0o777 less the process's umask: the mode ``mkdir`` would give, for folders made by ``mkdtemp``."""
+    return 0o777 & ~_umask()
+
+
+def _umask() -> int:
     umask = os.umask(0o077)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from pathlib import Path
 
@@ -370,6 +371,78 @@ def test_non_empty_out_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(ValueError, match="overlaps the source folder"):
         convert_dataset(src, src / "converted", log=quiet)
     assert sorted(p.name for p in src.iterdir()) == ["LICENSE.md", "STS_001", "STS_002", "STS_003"]
+
+
+def make_hecktor(src: Path, names=("CHGJ007", "CHUM010")) -> Path:
+    for name in names:
+        image, label = case_arrays(len(name))
+        save(src / f"{name}_pt.nii.gz", image)
+        save(src / f"{name}_gtvt.nii.gz", label)
+    return src
+
+
+def test_overwrite_never_deletes_through_a_symlinked_split_folder(tmp_path):
+    src = make_sts(tmp_path / "src", n=3)
+    out = tmp_path / "out"
+    convert_dataset(src, out, test_fraction=0.0, log=quiet)
+    other = tmp_path / "other"
+    save(other / "unrelated.nii.gz", np.ones((2, 2, 2), np.float32))
+    shutil.rmtree(out / "imagesTr")
+    (out / "imagesTr").symlink_to(other)
+    with pytest.raises(ValueError, match=r"out/imagesTr: is a symbolic link to .*other; --overwrite never deletes"):
+        convert_dataset(src, out, overwrite=True, test_fraction=0.0, log=quiet)
+    assert (other / "unrelated.nii.gz").is_file()
+    flat = make_hecktor(tmp_path / "flat")
+    (out / "imagesTr").unlink()
+    (out / "imagesTr").symlink_to(flat)
+    with pytest.raises(ValueError, match=r"is a symbolic link to .*flat \(inside the source folder\)"):
+        convert_dataset(flat, out, overwrite=True, log=quiet)
+    assert sorted(p.name for p in flat.iterdir()) == [
+        "CHGJ007_gtvt.nii.gz", "CHGJ007_pt.nii.gz", "CHUM010_gtvt.nii.gz", "CHUM010_pt.nii.gz"]
+
+
+def test_symlinked_files_or_out_folder_are_refused(tmp_path):
+    src = make_sts(tmp_path / "src", n=2)
+    out = tmp_path / "out"
+    convert_dataset(src, out, test_fraction=0.0, log=quiet)
+    keep = save(tmp_path / "keep.nii.gz", np.ones((2, 2, 2), np.float32))
+    (out / "imagesTr" / "linked.nii.gz").symlink_to(keep)
+    with pytest.raises(ValueError, match=r"linked.nii.gz: is a symbolic link"):
+        convert_dataset(src, out, overwrite=True, test_fraction=0.0, log=quiet)
+    (out / "imagesTr" / "linked.nii.gz").unlink()
+    alias = tmp_path / "alias"
+    alias.symlink_to(out)
+    with pytest.raises(ValueError, match=r"alias: is a symbolic link to .*out; give the folder itself"):
+        convert_dataset(src, alias, overwrite=True, test_fraction=0.0, log=quiet)
+    assert keep.is_file() and [c.name for c in read_dataset(out).training] == ["STS_001", "STS_002"]
+
+
+def test_an_interrupted_overwrite_keeps_the_earlier_set(tmp_path, monkeypatch):
+    import wspet.data.convert as convert
+
+    src = make_sts(tmp_path / "src", n=3)
+    out = tmp_path / "out"
+    convert_dataset(src, out, test_fraction=0.0, log=quiet)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    written = []
+
+    def interrupted(case, folder, split, keep_label):
+        if written:
+            raise KeyboardInterrupt  # Ctrl-C while the second case is written
+        written.append(case.name)
+        return original(case, folder, split, keep_label)
+
+    original = convert._write_case
+    monkeypatch.setattr(convert, "_write_case", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert_dataset(src, out, overwrite=True, test_fraction=0.0, cases=["STS_002", "STS_003"], log=quiet)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [c.name for c in read_dataset(out).training] == ["STS_001", "STS_002", "STS_003"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no staging folder left
+    monkeypatch.setattr(convert, "_write_case", original)
+    convert_dataset(src, out, overwrite=True, test_fraction=0.0, cases=["STS_003"], log=quiet)
+    assert [c.name for c in read_dataset(out).training] == ["STS_003"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 
 
 def test_cli_reports_dice_and_errors(tmp_path, capsys):

@@ -19,8 +19,10 @@ neighbour through both affines; grids rotated against each other or not overlapp
 refused), optionally cropped to the top ``--crop-superior-mm`` mm, and the case gets boxes
 derived from the label (one per 26-connected lesion, scaled and grown by a margin in mm) or
 read from a CSV/JSON of world-mm boxes. Cases are split into training and test lists by a
-seeded permutation. Files are written atomically, ``dataset.json`` last, and the result is
-read back with :mod:`wspet.data.format` before returning. See ``docs/real_data.md``.
+seeded permutation. The set is built in a hidden folder beside OUT (``dataset.json`` last),
+read back with :mod:`wspet.data.format`, and only then renamed to OUT; ``--overwrite`` swaps an
+earlier set out whole, so an interrupted run leaves the earlier set as it was. Symbolic links
+inside OUT are refused (docs/security.md). See ``docs/real_data.md``.
 
 CLI::
 
@@ -35,8 +37,11 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
+import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,7 +60,7 @@ from wspet.data.format import (
     load_label,
     read_dataset,
 )
-from wspet.io import save_nifti, write_text
+from wspet.io import new_folder_mode, save_nifti, write_text
 
 LAYOUTS = {
     "sts": ("*/PET_image.nii.gz", "*/PET_mask.nii.gz"),
@@ -486,10 +491,16 @@ def check_headers(cases: Sequence[SourceCase]) -> None:
 
 def _prepare_out(src: Path, out: Path, overwrite: bool) -> None:
     """Refuse an OUT that overlaps SRC or holds files; with ``overwrite``, accept an earlier
-    conversion (dataset.json and the image/label folders of .nii.gz files) and unmark it."""
+    conversion (dataset.json and the image/label folders of .nii.gz files), which is replaced whole.
+
+    Symbolic links are refused (OUT itself, its entries, the files of its split folders): replacing
+    the set must never delete through a link, e.g. into SRC or another dataset.
+    """
     src_r, out_r = src.resolve(), out.resolve()
     if out_r == src_r or out_r.is_relative_to(src_r) or src_r.is_relative_to(out_r):
         raise ValueError(f"{out}: output folder overlaps the source folder {src}; inputs are never modified")
+    if out.is_symlink():
+        raise ValueError(f"{out}: is a symbolic link to {out_r}; give the folder itself ({out_r})")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
     entries = sorted(out.iterdir()) if out.exists() else []
@@ -499,21 +510,47 @@ def _prepare_out(src: Path, out: Path, overwrite: bool) -> None:
         raise ValueError(f"{out}: not empty ({len(entries)} entries, e.g. {entries[0].name}); pass --overwrite to replace it")
     folders = {f for pair in SPLIT_FOLDERS.values() for f in pair}
     for entry in entries:
-        ours = entry.name.startswith(".") or (entry.name == "dataset.json" and entry.is_file()) or (
+        _refuse_link(entry, src_r)
+        inside = sorted(entry.iterdir()) if entry.name in folders and entry.is_dir() else []
+        for path in inside:
+            _refuse_link(path, src_r)
+        ours = (entry.name.startswith(".") and entry.is_file()) or (entry.name == "dataset.json" and entry.is_file()) or (
             entry.name in folders and entry.is_dir()
-            and all(f.is_file() and (f.name.endswith(".nii.gz") or f.name.startswith(".")) for f in entry.iterdir()))
+            and all(f.is_file() and (f.name.endswith(".nii.gz") or f.name.startswith(".")) for f in inside))
         if not ours:
             raise ValueError(f"{out}: holds {entry}, which a conversion does not write; refusing to overwrite it")
-    (out / "dataset.json").unlink(missing_ok=True)  # the folder is unfinished from here on
 
 
-def _remove_stale(out: Path, written: set[Path]) -> None:
-    for pair in SPLIT_FOLDERS.values():
-        for folder in pair:
-            if (out / folder).is_dir():
-                for path in (out / folder).iterdir():
-                    if path.resolve() not in written and (path.name.endswith(".nii.gz") or path.name.startswith(".")):
-                        path.unlink()
+def _refuse_link(path: Path, src_resolved: Path) -> None:
+    if path.is_symlink():
+        target = path.resolve()
+        into_src = " (inside the source folder)" if target.is_relative_to(src_resolved) else ""
+        raise ValueError(f"{path}: is a symbolic link to {target}{into_src}; --overwrite never deletes through links")
+
+
+def _staging_folder(out: Path) -> Path:
+    """An empty hidden folder beside ``out``: the new set is built there, then swapped in whole."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
+
+
+def _swap_into_place(new: Path, out: Path) -> None:
+    """Move the finished set ``new`` to ``out``; an earlier set there is deleted only after the swap.
+
+    Two renames on one file system: an interrupt leaves either the old set at ``out`` or the new one.
+    """
+    os.chmod(new, new_folder_mode())  # mkdtemp's folder is private
+    if not (out.is_dir() and any(out.iterdir())):
+        os.rename(new, out)  # onto an empty folder or none
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.rename(out, old)
+    try:
+        os.rename(new, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old)
 
 
 def _dataset_json(data: dict) -> str:
@@ -551,6 +588,29 @@ def _write_case(case: ConvertedCase, out: Path, split: str, keep_label: bool) ->
         save_nifti(case.label, case.affine, out / entry["label"])
     entry["boxes"] = case.boxes
     return entry
+
+
+def _convert_into(found: Sequence[SourceCase], test: Sequence[str], folder: Path, weak: bool,
+                  crop_superior_mm: float | None, box_margin_mm: float, box_scale: float,
+                  world: dict | None, src: Path, log) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """Convert and write every case into ``folder``; return the dataset.json entries and provenance."""
+    entries: dict[str, list[dict]] = {"training": [], "test": []}
+    provenance: dict[str, dict] = {}
+    for case in found:
+        split = "test" if case.name in test else "training"
+        converted = convert_case(case, crop_superior_mm, box_margin_mm, box_scale,
+                                 None if world is None else world[case.name])
+        entries[split].append(_write_case(converted, folder, split, keep_label=split == "test" or not weak))
+        provenance[case.name] = {
+            "image": str(case.image.relative_to(src)), "label": str(case.label.relative_to(src)),
+            "resampled_label": converted.resampled, "cropped_slices": converted.cropped_slices,
+            "box_dice": box_dice(converted.boxes, converted.label),
+        }
+        log(f"{case.name}: {split:8s} {'x'.join(map(str, converted.image.shape))}"
+            f"{' (label resampled)' if converted.resampled else ''}"
+            f"{f' ({converted.cropped_slices} slices cropped)' if converted.cropped_slices else ''}"
+            f"  {len(converted.boxes)} box(es), box/label Dice {provenance[case.name]['box_dice']:.3f}")
+    return entries, provenance
 
 
 def _dataset_index(src: Path, name: str | None, entries: dict[str, list[dict]], conversion: dict) -> dict:
@@ -641,42 +701,26 @@ def convert_dataset(
     training, test = split_cases([c.name for c in found], test_fraction, seed)
     check_headers(found)
     _prepare_out(src, out, overwrite)
-
-    entries: dict[str, list[dict]] = {"training": [], "test": []}
-    provenance: dict[str, dict] = {}
-    written: set[Path] = set()
-    for case in found:
-        split = "test" if case.name in test else "training"
-        converted = convert_case(case, crop_superior_mm, box_margin_mm, box_scale,
-                                 None if world is None else world[case.name])
-        entry = _write_case(converted, out, split, keep_label=split == "test" or not weak)
-        written.update((out / entry[key]).resolve() for key in ("image", "label") if key in entry)
-        entries[split].append(entry)
-        provenance[case.name] = {
-            "image": str(case.image.relative_to(src)), "label": str(case.label.relative_to(src)),
-            "resampled_label": converted.resampled, "cropped_slices": converted.cropped_slices,
-            "box_dice": box_dice(converted.boxes, converted.label),
+    staging = _staging_folder(out)
+    try:
+        entries, provenance = _convert_into(found, test, staging, weak, crop_superior_mm, box_margin_mm, box_scale,
+                                            world, src, log)
+        dice = {name: p["box_dice"] for name, p in provenance.items()}
+        mean, std = _mean_std(list(dice.values()))
+        box_rule = ({"source": "file", "file": str(boxes_file), "frame": "LPS" if boxes_lps else "RAS"}
+                    if world is not None
+                    else {"source": "label", "margin_mm": box_margin_mm, "scale": box_scale, "connectivity": 26})
+        conversion = {
+            "source": str(src), "layout": layout, "image_glob": image_glob, "label_glob": label_glob,
+            "seed": seed, "test_fraction": test_fraction, "weak": weak, "boxes": box_rule,
+            "crop_superior_mm": crop_superior_mm, "box_dice_mean": mean, "box_dice_std": std,
+            "cases": provenance,
         }
-        log(f"{case.name}: {split:8s} {'x'.join(map(str, converted.image.shape))}"
-            f"{' (label resampled)' if converted.resampled else ''}"
-            f"{f' ({converted.cropped_slices} slices cropped)' if converted.cropped_slices else ''}"
-            f"  {len(converted.boxes)} box(es), box/label Dice {provenance[case.name]['box_dice']:.3f}")
-    if overwrite:
-        _remove_stale(out, written)
-
-    dice = {name: p["box_dice"] for name, p in provenance.items()}
-    mean, std = _mean_std(list(dice.values()))
-    box_rule = ({"source": "file", "file": str(boxes_file), "frame": "LPS" if boxes_lps else "RAS"} if world is not None
-                else {"source": "label", "margin_mm": box_margin_mm, "scale": box_scale, "connectivity": 26})
-    conversion = {
-        "source": str(src), "layout": layout, "image_glob": image_glob, "label_glob": label_glob,
-        "seed": seed, "test_fraction": test_fraction, "weak": weak, "boxes": box_rule,
-        "crop_superior_mm": crop_superior_mm, "box_dice_mean": mean, "box_dice_std": std,
-        "cases": provenance,
-    }
-    dataset = _dataset_index(src, name, entries, conversion)
-    write_text(out / "dataset.json", _dataset_json(dataset))
-    validate_dataset(out, {"training": training, "test": test}, weak)
+        write_text(staging / "dataset.json", _dataset_json(_dataset_index(src, name, entries, conversion)))
+        validate_dataset(staging, {"training": training, "test": test}, weak)
+        _swap_into_place(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful swap
     resampled = [n for n, p in provenance.items() if p["resampled_label"]]
     cropped = [n for n, p in provenance.items() if p["cropped_slices"]]
     log(f"{out}: {len(training)} training + {len(test)} test cases; box/label Dice {mean:.3f} +- {std:.3f}"
