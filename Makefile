@@ -2,15 +2,27 @@
 PYTHON_BOOT ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Pinned and installed first, so nothing re-resolves torch to a multi-GB CUDA build on a CPU
-# machine. On a GPU machine: `make install TORCH_SPEC="torch==2.13.0 --index-url <cuda index>"`.
+# Pinned and installed first, so that installing wspet does not re-resolve torch. Which build pip
+# picks is up to its index: on Linux, PyPI's torch wheel is the CUDA build (GBs). For the CPU-only
+# build: `make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"`;
+# for a given CUDA: `--index-url https://download.pytorch.org/whl/cu126` (README.md, Installation).
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= data/phantom
 SMOKE_DIR ?= outputs/smoke
 
-.PHONY: install data train test test-slow test-slurm smoke ablation ablation-smoke sts-data sts bench clean
+# Progress: Lightning's bar on a terminal, one log line per validation otherwise (wspet.callbacks).
+.PHONY: FORCE install data train test test-slow test-slurm smoke ablation ablation-smoke sts-data sts bench clean
 
-$(VENV)/.installed: pyproject.toml
+# The stamp holds TORCH_SPEC and changes only when it does, so a new TORCH_SPEC reinstalls.
+TORCH_STAMP := $(VENV)/.torch-spec
+
+$(TORCH_STAMP): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(TORCH_SPEC)' | cmp -s - $@ || echo '$(TORCH_SPEC)' > $@
+
+FORCE:
+
+$(VENV)/.installed: pyproject.toml $(TORCH_STAMP)
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -25,7 +37,7 @@ data: $(DATA)/dataset.json
 
 # The default experiment: the box-Dice stage, then L_MDice + L_MS, evaluated on the test split.
 train: install data
-	$(PY) train.py data.root=$(DATA) trainer.enable_progress_bar=false $(ARGS)
+	$(PY) train.py data.root=$(DATA) $(ARGS)
 
 test: install
 	$(PY) -m pytest $(ARGS)
@@ -55,7 +67,7 @@ SEEDS ?= 0,1
 SWEEP_DIR ?= outputs/ablation/$(shell date +%Y-%m-%d_%H-%M-%S)
 ablation: install data
 	$(PY) train.py -m experiment=$(ABLATION_EXPERIMENTS) seed=$(SEEDS) data.root=$(DATA) \
-	    trainer.enable_progress_bar=false hydra.sweep.dir=$(SWEEP_DIR) stage_cache=$(SWEEP_DIR)/stage_cache $(ARGS)
+	    hydra.sweep.dir=$(SWEEP_DIR) stage_cache=$(SWEEP_DIR)/stage_cache $(ARGS)
 	$(PY) -m wspet.report $(SWEEP_DIR)
 
 ablation-smoke: install
@@ -82,6 +94,6 @@ sts-data: data/sts/dataset.json data/sts-full/dataset.json
 
 sts: install sts-data
 	$(PY) train.py -m data=sts data.root=data/sts-full experiment=fs,dice,mdice_ms seed=$(STS_SEEDS) \
-	    trainer.enable_progress_bar=false hydra.sweep.dir=$(STS_SWEEP_DIR) stage_cache=$(STS_SWEEP_DIR)/stage_cache \
+	    hydra.sweep.dir=$(STS_SWEEP_DIR) stage_cache=$(STS_SWEEP_DIR)/stage_cache \
 	    $(STS_ARGS) $(ARGS)
 	$(PY) -m wspet.report $(STS_SWEEP_DIR)
