@@ -1,0 +1,66 @@
+"""``precision: auto`` resolved from faked hardware: bf16 only where the CPU or GPU computes in bf16."""
+
+import pytest
+import torch
+
+from wspet.precision import BF16, FP32, device_type, read_cpu_flags, resolve_precision
+
+SAPPHIRE_RAPIDS = "fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
+AVX2_ONLY = "fpu sse2 avx avx2 fma"
+
+
+def cpu(flags: str, capability: str = "AVX512", precision: str = "auto"):
+    return resolve_precision(precision, "cpu", cpu_flags=lambda: flags.split(), cpu_capability=lambda: capability)
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (SAPPHIRE_RAPIDS, BF16),
+        ("fpu avx2 avx512f avx512_bf16", BF16),  # Cooper Lake, Zen 4: AVX512-BF16 without AMX
+        ("fpu avx2 amx_bf16 amx_tile", BF16),
+        (AVX2_ONLY, FP32),
+        ("fpu avx2 avx512f avx512_vnni", FP32),  # AVX512 without bf16 (Skylake, Cascade Lake)
+        ("", FP32),  # an unrecognised CPU
+    ],
+)
+def test_auto_on_a_cpu_follows_its_bf16_flags(flags, expected):
+    choice = cpu(flags)
+    assert choice.precision == expected
+    assert (choice.autocast_dtype == torch.bfloat16) == (expected == BF16)
+
+
+def test_auto_gives_float32_when_torch_does_not_dispatch_avx512_kernels():
+    choice = cpu(SAPPHIRE_RAPIDS, capability="AVX2")  # e.g. ATEN_CPU_CAPABILITY=avx2
+    assert choice.precision == FP32 and "AVX2" in choice.reason
+
+
+def test_a_configured_precision_is_kept():
+    assert cpu(AVX2_ONLY, precision="bf16-mixed").precision == "bf16-mixed"
+    assert cpu(SAPPHIRE_RAPIDS, precision="32-true").precision == FP32
+    assert resolve_precision(32, "cpu", cpu_flags=lambda: []).precision == "32"
+
+
+@pytest.mark.parametrize("supported, expected", [(True, BF16), (False, FP32)])
+def test_auto_on_a_gpu_follows_its_bf16_support(supported, expected):
+    choice = resolve_precision("auto", "cuda", cpu_flags=lambda: [], cuda_bf16=lambda: supported)
+    assert choice.precision == expected
+
+
+def test_auto_on_another_device_is_float32():
+    assert resolve_precision("auto", "mps", cpu_flags=lambda: SAPPHIRE_RAPIDS.split()).precision == FP32
+
+
+def test_cpu_flags_are_read_from_the_flags_line(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 amx_bf16\n\nprocessor\t: 1\n")
+    assert read_cpu_flags(cpuinfo) == {"fpu", "avx2", "amx_bf16"}
+    assert read_cpu_flags(tmp_path / "missing") == frozenset()
+    (tmp_path / "arm").write_text("processor\t: 0\nFeatures\t: fp asimd bf16\n")
+    assert read_cpu_flags(tmp_path / "arm") == frozenset()  # not an x86 flags line: unrecognised, float32
+
+
+def test_accelerator_names_map_to_device_types():
+    assert device_type("cpu") == "cpu"
+    assert device_type("gpu") == device_type("CUDA") == "cuda"
+    assert device_type("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
