@@ -64,3 +64,18 @@ def test_accelerator_names_map_to_device_types():
     assert device_type("cpu") == "cpu"
     assert device_type("gpu") == device_type("CUDA") == "cuda"
     assert device_type("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("flags, expected", [(SAPPHIRE_RAPIDS, BF16), (AVX2_ONLY, FP32)])
+def test_the_trainer_gets_the_resolved_precision(flags, expected, train_config, tmp_path, monkeypatch):
+    import functools
+
+    import wspet.training
+    from wspet.precision import resolve_precision as real
+
+    faked = functools.partial(real, cpu_flags=lambda: flags.split(), cpu_capability=lambda: "AVX512")
+    monkeypatch.setattr(wspet.training, "resolve_precision", faked)
+    cfg = train_config(tmp_path)
+    assert cfg.trainer.precision == "auto"  # the default
+    trainer = wspet.training.build_trainer(cfg, callbacks=[], loggers=[], stage_dir=tmp_path)
+    assert trainer.precision == expected

@@ -41,6 +41,7 @@ from wspet.data.phantom import write_phantom_dataset
 from wspet.evaluation import evaluate_cases, format_table
 from wspet.io import atomic_path, write_text
 from wspet.module import LesionSegmenter, load_checkpoint
+from wspet.precision import device_type, resolve_precision
 from wspet.resume import (
     finished_summary,
     read_stage_record,
@@ -328,12 +329,26 @@ class FitData(L.LightningDataModule):
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, stage_dir: Path) -> L.Trainer:
-    """The configured Trainer with atomic checkpoints and, under Slurm, Slurm's requeue signal."""
+    """The configured Trainer with atomic checkpoints and, under Slurm, Slurm's requeue signal.
+
+    ``trainer.precision: auto`` is resolved from the hardware here (:mod:`wspet.precision`) and
+    logged with its reason; on a GPU, cudnn autotunes its kernels (``benchmark``) unless the
+    config sets ``benchmark`` or asks for ``deterministic`` runs.
+    """
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():
         # Lightning's default requeue signal is SIGUSR1; the launcher's sbatch --signal sends SIGUSR2.
         plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=REQUEUE_SIGNAL))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(stage_dir), plugins=plugins)
+    device = device_type(cfg.trainer.accelerator)
+    choice = resolve_precision(cfg.trainer.precision, device)
+    log.info("trainer.precision %s on %s: %s, because %s", cfg.trainer.precision, device, choice.precision, choice.reason)
+    settings = {"precision": choice.precision}
+    if device == "cuda" and cfg.trainer.get("benchmark") is None and not cfg.trainer.get("deterministic"):
+        # Patches and validation volumes have fixed shapes, so the autotuning done at the first step pays every step after.
+        settings["benchmark"] = True
+    return instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(stage_dir), plugins=plugins, **settings
+    )
 
 
 def _data_arguments(data_cfg: DictConfig) -> dict:
@@ -368,6 +383,7 @@ def run_summary(cfg: DictConfig, stages: list[StageResult]) -> dict:
         "loss": cfg.loss.name,
         "postprocess": cfg.postprocess.name,
         "seed": cfg.seed,
+        "precision": resolve_precision(cfg.trainer.precision, device_type(cfg.trainer.accelerator)).precision,
         "data_root": str(Path(cfg.data.root).resolve()),
         "checkpoint": str(final.checkpoint),
         "collapsed": final.collapsed,
