@@ -68,7 +68,9 @@ def check_volumes(
 
     Raises:
         ValueError: wrong rank, channel count, shape, device or dtype, or values out of range
-            (probs outside [0, 1] or NaN, target not in {0, 1}, image not finite).
+            (probs outside [0, 1] or NaN, target not in {0, 1}, image not finite). On CUDA the
+            value checks are device-side asserts (no host sync per step): a bad value fails a
+            later CUDA call with a RuntimeError carrying the message.
     """
     if not isinstance(probs, Tensor):
         raise ValueError(f"probs must be a torch.Tensor, got {type(probs).__name__}")
@@ -91,11 +93,18 @@ def check_volumes(
     probs, target = probs.to(dtype), target.to(dtype)
     image = image.to(dtype) if image is not None else None
 
-    # One host sync for all value checks; the messages are built only on failure.
     with torch.no_grad():
         bad_probs = ~((probs >= 0) & (probs <= 1)).all()
         bad_target = ~((target == 0) | (target == 1)).all()
         bad_image = ~torch.isfinite(image).all() if image is not None else torch.zeros((), dtype=torch.bool)
+        if probs.device.type == "cuda":
+            # Reading the flags back would stall the GPU at every step; a device-side assert fails the
+            # next CUDA call instead, with these messages, and costs no host sync.
+            torch._assert_async(~bad_probs, "probs must lie in [0, 1] (sigmoid outputs, not logits), got values outside or NaN")
+            torch._assert_async(~bad_target, f"{target_name} must be a {{0, 1}} mask, got other values")
+            torch._assert_async(~bad_image.to(probs.device), "image must be finite, got NaN or inf values")
+            return probs, target, image
+        # One host sync for all value checks; the messages are built only on failure.
         flags = torch.stack([bad_probs, bad_target, bad_image.to(bad_probs.device)]).tolist()
     if flags[0]:
         raise ValueError(
