@@ -175,9 +175,13 @@ class PetDataModule(L.LightningDataModule):
             sampler=BoxCentredSampler(self.patch_size, self.box_sampling_probability),
             num_workers=self.num_workers,
         )
-        # The queue already runs the workers; a second level of workers would copy it.
-        return tio.SubjectsLoader(queue, batch_size=self.batch_size, num_workers=0)
+        # The queue already runs the workers (loading and augmenting there); a second level of workers would copy it.
+        # Pinned batches reach a GPU by asynchronous copies.
+        return tio.SubjectsLoader(queue, batch_size=self.batch_size, num_workers=0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> tio.SubjectsLoader:
         dataset = tio.SubjectsDataset(self.val_subjects, transform=self.preprocessing())
-        return tio.SubjectsLoader(dataset, batch_size=1, num_workers=self.num_workers)
+        return tio.SubjectsLoader(
+            dataset, batch_size=1, num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+        )
