@@ -1,5 +1,6 @@
 """Sliding-window inference: window placement, Gaussian blending, bounded memory, the model path."""
 
+import functools
 import logging
 import tracemalloc
 from pathlib import Path
@@ -125,11 +126,32 @@ def test_sliding_window_covers_a_volume_larger_than_the_window():
 def test_sliding_window_matches_one_whole_window_where_it_fits():
     image = np.random.default_rng(1).gamma(2.0, 0.5, size=(16, 16, 16)).astype(np.float32)
     model = tiny_model()
-    probs = predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(0, 0, 0))
+    probs = predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(0, 0, 0), precision="32-true")
+    assert np.allclose(probs, direct_prediction(model, image), atol=1e-5)
+
+
+def direct_prediction(model: LesionSegmenter, image: np.ndarray) -> np.ndarray:
+    """The float32 network on the whole z-scored image, no windows."""
     normalised = (image - image.mean()) / image.std(ddof=1)
     with torch.no_grad():
-        direct = model(torch.from_numpy(normalised)[None, None])[0, 0].numpy()
-    assert np.allclose(probs, direct, atol=1e-5)
+        return model(torch.from_numpy(normalised)[None, None])[0, 0].numpy()
+
+
+@pytest.mark.parametrize("flags, network_dtype", [("avx2 avx512_bf16 amx_bf16", torch.bfloat16), ("avx2", torch.float32)])
+def test_auto_precision_follows_the_hardware_and_keeps_float32_probabilities(flags, network_dtype, monkeypatch):
+    import wspet.inference
+    from wspet.precision import resolve_precision
+
+    faked = functools.partial(resolve_precision, cpu_flags=lambda: flags.split(), cpu_capability=lambda: "AVX512")
+    monkeypatch.setattr(wspet.inference, "resolve_precision", faked)
+    model = tiny_model()
+    head_dtypes = []
+    model.net.head.register_forward_hook(lambda module, inputs, output: head_dtypes.append(output.dtype))
+    image = np.random.default_rng(1).gamma(2.0, 0.5, size=(16, 16, 16)).astype(np.float32)
+    probs = predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(0, 0, 0))
+    assert head_dtypes == [network_dtype] and probs.dtype == np.float32
+    error = np.abs(probs - direct_prediction(model, image)).max()
+    assert error < (2e-2 if network_dtype == torch.bfloat16 else 1e-5)  # bf16 keeps 8 bits of mantissa
 
 
 @pytest.mark.parametrize("window, overlap, message", [

@@ -28,6 +28,7 @@ from wspet.data.check import spacing_text
 from wspet.data.format import NIFTI_SUFFIXES, Volume
 from wspet.io import save_nifti
 from wspet.module import LesionSegmenter
+from wspet.precision import AUTO, resolve_precision
 
 # fn(mask, image, spacing) -> mask: a step of conf/postprocess.
 PostProcess = Callable[[np.ndarray, np.ndarray, tuple], np.ndarray]
@@ -143,6 +144,7 @@ def predict_probabilities(
     window: Sequence[int] = (96, 96, 64),
     overlap: Sequence[int] = (32, 32, 16),
     batch_size: int = 2,
+    precision: str = AUTO,
 ) -> np.ndarray:
     """Lesion probabilities ``(I, J, K)`` float32 for a PET volume ``(I, J, K)`` in SUV.
 
@@ -153,6 +155,10 @@ def predict_probabilities(
     with the window and ``batch_size`` (activations) and with the volume (a few float32
     copies), not with the number of windows. ``affine`` (voxel to world, mm) is needed only by
     a model trained at a target spacing; ValueError if it is then missing.
+
+    ``precision`` is resolved as the trainer's (:func:`wspet.precision.resolve_precision`): with
+    ``auto``, the network runs under bf16 autocast on CPUs with AVX512-BF16 or AMX and on GPUs
+    with bf16, in float32 elsewhere; the probabilities and their blending stay float32.
     """
     if image.ndim != 3:
         raise ValueError(f"image shape {image.shape} is not 3D")
@@ -160,7 +166,15 @@ def predict_probabilities(
     model.eval()
     prepare = model.preprocessing
     network_image, network_affine = prepare.to_network_grid(image, affine)
-    probs = sliding_window(model, prepare.normalise(network_image), window, overlap, batch_size, model.device)
+    device = model.device.type
+    choice = resolve_precision(precision, device)
+    log.debug("prediction precision %s on %s: %s, because %s", precision, device, choice.precision, choice.reason)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device, dtype=choice.autocast_dtype, enabled=choice.autocast_dtype is not None):
+            return model(batch)
+
+    probs = sliding_window(forward, prepare.normalise(network_image), window, overlap, batch_size, model.device)
     return prepare.to_native_grid(probs, network_affine, image.shape, affine)
 
 
