@@ -26,6 +26,9 @@ from wspet.run_loggers import CURVES_KEY, curves_origin
 
 log = logging.getLogger(__name__)
 
+# Entries of cfg.callbacks that configure callbacks wired in code (wspet.training.fit_stage).
+WIRED_SETTINGS = ("checkpoint", "collapse_guard", "convergence")
+
 
 def build_callbacks(cfg: DictConfig, checkpoint: Callback, guard: Callback, saver: Callback) -> list[Callback]:
     """The callbacks of one stage: the wired ones, then each ``_target_`` entry of ``cfg.callbacks``.
@@ -41,11 +44,16 @@ def build_callbacks(cfg: DictConfig, checkpoint: Callback, guard: Callback, save
 
 
 def configured_callbacks(callbacks_cfg: DictConfig | None) -> list[Callback]:
-    """Every entry of ``callbacks_cfg`` that is a mapping with a ``_target_``, instantiated; null entries skipped."""
+    """Every entry of ``callbacks_cfg`` but the wired ones' settings, instantiated from its ``_target_``.
+
+    Null entries are skipped; any other entry without a ``_target_`` is refused, naming it.
+    """
     built = []
     for name, entry in (callbacks_cfg or {}).items():
-        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+        if entry is None or name in WIRED_SETTINGS:
             continue
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise ValueError(f"callbacks.{name}: {entry!r} has no _target_ (the Lightning Callback class to build)")
         callback = instantiate(entry)
         if not isinstance(callback, Callback):
             raise ValueError(f"callbacks.{name}: {entry._target_} is not a Lightning Callback")

@@ -1,0 +1,147 @@
+"""The config groups a lightning-hydra-template user reaches for: logger=, callbacks=, debug=, --help."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import get_class
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from tests.conftest import REPO, compose_config
+from wspet.callbacks import ProgressLines, build_callbacks, clock
+from wspet.collapse import CollapseGuard
+from wspet.training import train
+
+FAST = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "evaluate.split=none"]
+
+
+def logger_classes(overrides: list[str]) -> dict[str, type]:
+    cfg = compose_config("train", overrides)
+    return {name: get_class(entry._target_) for name, entry in cfg.logger.items()}
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("logger=csv", {"csv": CSVLogger}),
+        ("logger=wandb", {"wandb": WandbLogger}),
+        ("logger=many", {"csv": CSVLogger, "wandb": WandbLogger}),
+        ("logger=default", {"csv": CSVLogger, "wandb": WandbLogger}),
+    ],
+)
+def test_logger_group_chooses_the_loggers(choice, expected):
+    assert logger_classes([choice]) == expected
+
+
+def test_default_logger_is_still_csv_and_offline_wandb():
+    cfg = compose_config("train")
+    assert set(cfg.logger) == {"csv", "wandb"}
+    assert cfg.logger.wandb.mode == "offline"
+
+
+def wired():
+    return ModelCheckpoint(), CollapseGuard(), object()
+
+
+def callback_types(overrides: list[str]) -> list[type]:
+    cfg = compose_config("train", ["trainer.enable_progress_bar=false", *overrides])
+    return [type(c) for c in build_callbacks(cfg, *wired())]
+
+
+def test_default_callbacks_add_early_stopping_from_its_target():
+    types = callback_types([])
+    assert types.count(EarlyStopping) == 1
+    assert ModelCheckpoint in types and CollapseGuard in types
+
+
+@pytest.mark.parametrize("overrides", [["callbacks=none"], ["callbacks.early_stopping=null"]])
+def test_callbacks_none_or_null_drop_early_stopping_and_keep_checkpoint_and_guard(overrides):
+    types = callback_types(overrides)
+    assert EarlyStopping not in types
+    assert ModelCheckpoint in types and CollapseGuard in types
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["callbacks=[default,lr_monitor]"], ["+callbacks.lr._target_=lightning.pytorch.callbacks.LearningRateMonitor"]],
+)
+def test_an_extra_callback_comes_from_its_target(overrides):
+    assert callback_types(overrides).count(LearningRateMonitor) == 1
+
+
+def test_a_target_that_is_no_callback_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"callbacks\.bad: collections\.OrderedDict is not a Lightning Callback"):
+        callback_types(["+callbacks.bad._target_=collections.OrderedDict"])
+
+
+def test_an_entry_without_target_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"callbacks\.lr: .*has no _target_"):
+        callback_types(["+callbacks.lr.logging_interval=step"])
+
+
+def test_training_with_no_optional_callbacks_and_a_learning_rate_monitor(train_config, tmp_path):
+    cfg = train_config(tmp_path, ["loss=dice", "callbacks=[none,lr_monitor]", "trainer.log_every_n_steps=1", *FAST])
+    summary = train(cfg)
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        columns = next(csv.reader(f))
+    assert "lr-Adam" in columns
+    assert summary["validation"]["value"] > 0
+
+
+@pytest.mark.parametrize(
+    ("debug", "expected"),
+    [
+        ("fdr", {"fast_dev_run": True}),
+        ("overfit", {"overfit_batches": 3, "max_epochs": 20}),
+        ("limit", {"max_epochs": 3, "limit_train_batches": 0.1, "limit_val_batches": 0.25}),
+    ],
+)
+def test_debug_configs_set_the_trainer_and_log_to_csv_only(debug, expected):
+    cfg = compose_config("train", [f"debug={debug}"])
+    assert {k: cfg.trainer[k] for k in expected} == expected
+    assert set(cfg.logger) == {"csv"}
+    assert cfg.stage_cache is None and cfg.data.num_workers == 0
+    assert (cfg.callbacks.get("early_stopping") is None) == (debug == "overfit")
+
+
+@pytest.mark.parametrize("debug", ["fdr", "overfit"])
+def test_debug_runs_train_both_stages(debug, train_config, tmp_path):
+    cfg = train_config(tmp_path, [f"debug={debug}", "trainer.max_epochs=1", "pretrain.max_epochs=1"])
+    summary = train(cfg)
+    assert set(summary["stages"]) == {"pretrain_dice", "mdice_ms"}
+    assert Path(summary["checkpoint"]).is_file()
+    assert summary["validation"]["metric"] == "val/loss" and summary["validation"]["value"] > 0
+
+
+def test_a_log_line_per_validation_when_stdout_is_not_a_terminal(train_config, tmp_path, caplog):
+    cfg = train_config(tmp_path, ["loss=dice", "trainer.enable_progress_bar=true", "trainer.max_epochs=2", *FAST])
+    assert not sys.stdout.isatty()  # pytest captures stdout
+    assert ProgressLines in [type(c) for c in build_callbacks(cfg, *wired())]
+    with caplog.at_level(logging.INFO, logger="wspet.callbacks"):
+        train(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.name == "wspet.callbacks"]
+    assert [line.split(":")[0] for line in lines] == ["epoch 0 step 1/2", "epoch 1 step 2/2"]
+    assert all("val/loss" in line and "val/dice" in line and "left" in line for line in lines)
+
+
+def test_clock_formats_minutes_and_hours():
+    assert (clock(59.6), clock(61), clock(3725)) == ("1:00", "1:01", "1:02:05")
+
+
+def test_train_help_starts_with_usage_and_lists_the_groups():
+    env = {**os.environ, "WSPET_ROOT": str(REPO)}
+    out = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.startswith("Train and evaluate a wspet experiment")
+    assert "Usage:\n  python train.py" in out
+    for line in ("debug: default, fdr, limit, overfit", "hparams_search: mdice_ms_optuna",
+                 "logger: csv, default, many, wandb"):
+        assert line in out
+    assert "callbacks:" in out and " none" in out.split("callbacks:")[1].splitlines()[0]
