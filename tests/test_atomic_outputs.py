@@ -171,13 +171,15 @@ def test_sigkill_during_conversion_leaves_only_whole_files(tmp_path):
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
     )
 
-    def partial(out: Path) -> bool:  # the second case's image being written
-        folders = [out / f for f in ("imagesTr", "imagesTs") if (out / f).is_dir()]
+    def partial(parent: Path) -> bool:  # the second case's image being written, in the set built beside OUT
+        folders = [s / f for s in parent.glob(".out.new-*") for f in ("imagesTr", "imagesTs") if (s / f).is_dir()]
         finals = [p for f in folders for p in f.iterdir() if not p.name.startswith(".")]
         return len(finals) >= 1 and any(temporaries(f) for f in folders)
 
-    assert kill_when(converter, out, partial), "no write in progress was seen"
-    finals = [p for p in out.rglob("*.nii.gz") if not p.name.startswith(".")]  # pathlib globs match dot files
+    assert kill_when(converter, tmp_path, partial), "no write in progress was seen"
+    assert not out.exists()  # the set appears at OUT only whole
+    (staging,) = tmp_path.glob(".out.new-*")
+    finals = [p for p in staging.rglob("*.nii.gz") if not p.name.startswith(".")]  # pathlib globs match dot files
     images = [p for p in finals if p.parent.name.startswith("images")]
     labels = [p for p in finals if p.parent.name.startswith("labels")]
     assert images, "the kill came before any image was written"
@@ -185,7 +187,7 @@ def test_sigkill_during_conversion_leaves_only_whole_files(tmp_path):
         assert np.array_equal(np.asarray(nib.load(path).dataobj), sources[path.name.removesuffix(".nii.gz")])
     for path in labels:
         assert int(np.asarray(nib.load(path).dataobj).sum()) == 20 * 20 * 20
-    assert not (out / "dataset.json").exists()  # written last: the unfinished folder says so
+    assert not (staging / "dataset.json").exists()  # written last: the unfinished folder says so
     assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # inputs untouched
 
 

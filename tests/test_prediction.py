@@ -320,3 +320,84 @@ def test_a_wrong_checkpoint_gets_a_clear_error(checkpoint, tmp_path):
         load_model(mismatched, torch.device("cpu"))
     with pytest.raises(FileNotFoundError, match="missing.ckpt: checkpoint does not exist"):
         load_model(tmp_path / "missing.ckpt", torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- hostile inputs and races
+
+
+def test_a_second_run_writing_the_same_case_fails_and_keeps_the_first_runs_files(checkpoint, scan, tmp_path):
+    from wspet.prediction import find_inputs, load_volume, write_outputs
+
+    out = tmp_path / "out"
+    # The second run planned (found no outputs) before the first run wrote its own.
+    (late,) = plan_jobs(find_inputs(scan), out, overwrite=False)
+    first = predict(predict_config(checkpoint, scan, out))
+    before = {path.name: path.read_bytes() for path in first}
+    mask = np.ones(nib.load(scan).shape, bool)
+    with pytest.raises(FileExistsError, match=r"patient 1_mask.nii.gz: exists \(another run wrote it\?\)"):
+        write_outputs(late, load_volume(late), mask)
+    assert {path.name: path.read_bytes() for path in first} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no staging folder left
+    rewritten = write_outputs(late, load_volume(late), mask, overwrite=True)
+    assert nib.load(rewritten[0]).get_fdata().all()
+
+
+def test_a_case_that_fails_half_way_leaves_nothing_to_block_a_rerun(checkpoint, scan, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(wspet.prediction, "save_mip_png", broken)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        predict(predict_config(checkpoint, scan, tmp_path / "out"))
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.undo()
+    assert len(predict(predict_config(checkpoint, scan, tmp_path / "out"))) == 3
+
+
+def test_a_one_by_one_by_two_image_gets_all_its_outputs(checkpoint, tmp_path, monkeypatch):
+    path = tmp_path / "tiny.nii.gz"
+    nib.save(nib.Nifti1Image(np.array([[[1.0, 3.0]]], np.float32), AFFINE), path)
+    monkeypatch.setattr(wspet.prediction, "predict_mask", lambda *args, **kwargs: np.array([[[False, True]]]))
+    written = predict(predict_config(checkpoint, path, tmp_path / "out"))
+    assert [p.name for p in written] == ["tiny_mask.nii.gz", "tiny_lesions.csv", "tiny_mip.png"]
+    assert red_pixels(written[2]) > 0
+
+
+def test_a_300_character_patient_id_makes_short_unique_file_names(checkpoint, tmp_path):
+    first, second = "P" * 299 + "1", "P" * 299 + "2"
+    series = [write_dicom_series(tmp_path / name[-1], dicom_raw((8, 8, 4)), patient_id=name) for name in (first, second)]
+    names = []
+    for folder, patient in zip(series, (first, second)):
+        written = predict(predict_config(checkpoint, folder, tmp_path / "out", window=[8, 8, 8], overlap=[0, 0, 0]))
+        names.append(written[0].name)
+        _, rows = read_csv(written[1])
+        assert all(row["case"] == patient for row in rows)  # the CSV keeps the whole name
+    assert all(len(name.encode()) <= 255 for name in names) and names[0] != names[1]
+    assert names[0].startswith("P" * 100) and names[0].endswith("_mask.nii.gz")
+
+
+@pytest.mark.parametrize("name", ["=HYPERLINK(1)", "+1", "-2+3", "@SUM(A1)"])
+def test_a_formula_case_name_is_neutralised_in_the_lesion_csv(checkpoint, tmp_path, monkeypatch, name):
+    path = tmp_path / "in" / f"{name}.nii.gz"
+    path.parent.mkdir()
+    suv = np.ones((8, 8, 8), np.float32)
+    suv[2:4, 2:4, 2:4] = 5.0
+    nib.save(nib.Nifti1Image(suv, AFFINE), path)
+    monkeypatch.setattr(wspet.prediction, "predict_mask", lambda *args, **kwargs: suv > 2)
+    predict(predict_config(checkpoint, path, tmp_path / "out", window=[8, 8, 8], overlap=[0, 0, 0]))
+    _, rows = read_csv(tmp_path / "out" / f"{name}_lesions.csv")
+    assert [row["case"] for row in rows] == ["'" + name]
+    assert float(rows[0]["suv_max"]) == 5.0
+
+
+def test_predict_without_arguments_prints_the_usage(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "predict.py")], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage: python predict.py ckpt=" in result.stderr and "missing ckpt=, input=, output=" in result.stderr
+    assert "Traceback" not in result.stderr
+    bad = subprocess.run([sys.executable, str(REPO / "predict.py"), f"ckpt={tmp_path / 'none.ckpt'}",
+                          f"input={tmp_path / 'none.nii.gz'}", f"output={tmp_path / 'out'}"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert f"error: {tmp_path / 'none.nii.gz'}: input does not exist" in bad.stderr

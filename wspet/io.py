@@ -59,13 +59,53 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def publish(source: str | os.PathLike, target: str | os.PathLike, overwrite: bool) -> Path:
+    """Move the finished file ``source`` onto ``target`` (same file system); return ``target``.
+
+    With ``overwrite`` an existing ``target`` is replaced (atomic rename). Without it ``target`` is
+    created exclusively, by a hard link that fails if any file is there, even one another process
+    made a moment ago: FileExistsError naming it, and the other file is left as it was. File systems
+    without hard links get an ``O_EXCL`` reservation instead, then the rename.
+    """
+    source, target = Path(source), Path(target)
+    if overwrite:
+        os.replace(source, target)
+        return target
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise FileExistsError(f"{target}: exists (another run wrote it?); pass overwrite=true to replace it") from None
+    except OSError:  # no hard links here (EPERM, ENOTSUP, ...): reserve the name, then rename onto it
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _new_file_mode()))
+        except FileExistsError:
+            raise FileExistsError(f"{target}: exists (another run wrote it?); pass overwrite=true to replace it") from None
+        os.replace(source, target)
+        return target
+    source.unlink()
+    return target
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A string a spreadsheet would run as a formula, prefixed with ``'``; any other value as it is."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
-    """Write dict rows as CSV; ``columns`` defaults to the first row's keys."""
+    """Write dict rows as CSV; ``columns`` defaults to the first row's keys.
+
+    Text cells that start like a formula (``= + - @``, tab, CR: e.g. a hostile case name) get a
+    leading ``'`` (:func:`spreadsheet_safe`); numbers are written as they are.
+    """
     columns = list(columns or (rows[0].keys() if rows else []))
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
     return Path(path)
 
 

@@ -53,9 +53,10 @@ def _panel(ax, image: np.ndarray, outline: np.ndarray | None, spacing: tuple[flo
     ax.imshow(image.T, cmap="gray_r", vmin=0.0, vmax=vmax, origin="lower", extent=extent,
               interpolation="nearest", aspect="equal")
     if outline is not None and outline.any():
-        x = (np.arange(image.shape[0]) + 0.5) * spacing[0]
-        y = (np.arange(image.shape[1]) + 0.5) * spacing[1]
-        ax.contour(x, y, outline.T.astype(float), levels=[0.5], colors=OUTLINE_COLOUR, linewidths=1.2)
+        # A zero border closes outlines at the volume's edge, and lets contour draw 1-voxel-thin projections.
+        x = (np.arange(-1, image.shape[0] + 1) + 0.5) * spacing[0]
+        y = (np.arange(-1, image.shape[1] + 1) + 0.5) * spacing[1]
+        ax.contour(x, y, np.pad(outline, 1).T.astype(float), levels=[0.5], colors=OUTLINE_COLOUR, linewidths=1.2)
     ax.set_xlim(width, 0.0)
     ax.set_ylim(0.0, height)
     ax.set_title(title, fontsize=9)

@@ -8,8 +8,12 @@ output folder (``plan_jobs``): ``<case>_mask.nii.gz``, and as configured ``<case
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from wspet.data.check import validate_images
 from wspet.data.dicom import read_pet_series, write_nifti
 from wspet.data.format import NIFTI_SUFFIXES, Volume, case_name, load_image, read_dataset
 from wspet.inference import predict_mask, save_mask
-from wspet.io import write_csv
+from wspet.io import publish, write_csv
 from wspet.measurements import LESION_COLUMNS, describe, lesion_table
 from wspet.mip import save_mip_png
 from wspet.module import LesionSegmenter
@@ -37,6 +41,9 @@ DICOM_SUFFIX = ".dcm"
 # folder of thousands of slices is recognised without reading them.
 DICOM_PROBES = 3
 LESION_CSV_COLUMNS = ("case", *LESION_COLUMNS)
+# Output names are "<stem>_lesions.csv" and the like; a file name may have 255 bytes at most, so a
+# longer case name (a 300-character PatientID) is cut and made unique again by a hash of the whole.
+MAX_STEM_BYTES = 120
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,15 @@ def find_inputs(input_path: str | Path, split: str = "test") -> list[tuple[str, 
     return [(case_name(p), p) for p in nifti]
 
 
+def file_stem(name: str) -> str:
+    """``name`` as the start of an output file name: cut to :data:`MAX_STEM_BYTES` plus a hash when longer."""
+    if len(name.encode()) <= MAX_STEM_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    cut = name.encode()[: MAX_STEM_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{cut}-{digest}"
+
+
 def plan_jobs(
     inputs: list[tuple[str, Path]],
     output: Path,
@@ -163,13 +179,14 @@ def plan_jobs(
     sources = {image.resolve() for _, image in inputs}
     jobs, problems, planned = [], [], {}
     for name, image in inputs:
+        stem = file_stem(name)
         job = PredictionJob(
             name,
             image,
-            output / f"{name}_mask.nii.gz",
-            lesions=output / f"{name}_lesions.csv" if lesions_csv else None,
-            mip=output / f"{name}_mip.png" if mip_png else None,
-            suv=output / f"{name}_suv.nii.gz" if save_suv and image.is_dir() else None,
+            output / f"{stem}_mask.nii.gz",
+            lesions=output / f"{stem}_lesions.csv" if lesions_csv else None,
+            mip=output / f"{stem}_mip.png" if mip_png else None,
+            suv=output / f"{stem}_suv.nii.gz" if save_suv and image.is_dir() else None,
         )
         for target in job.outputs:
             key = target.resolve()
@@ -221,8 +238,37 @@ def lesion_rows(name: str, mask: np.ndarray, image: Volume) -> list[dict]:
     return [{"case": name, **row} for row in lesion_table(mask, image.array, image.affine)]
 
 
-def write_outputs(job: PredictionJob, image: Volume, mask: np.ndarray) -> list[Path]:
+def write_outputs(job: PredictionJob, image: Volume, mask: np.ndarray, overwrite: bool = False) -> list[Path]:
     """Write the job's mask and whichever of SUV, lesion CSV and MIP it names; return them.
+
+    All are written into a hidden folder in the output folder first and published together
+    (:func:`wspet.io.publish`) only when every one is whole: a case that fails half-way leaves
+    nothing that would block a rerun. Without ``overwrite`` each is created exclusively, so a
+    second run writing the same case fails naming the file and leaves the first run's files.
+    """
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=job.output.parent, prefix=".predict-"))
+    try:
+        staged = dataclasses.replace(job, **{
+            field: staging / getattr(job, field).name
+            for field in ("output", "lesions", "mip", "suv") if getattr(job, field) is not None
+        })
+        _write_staged(staged, image, mask)
+        published: list[Path] = []
+        try:
+            for source, target in zip(staged.outputs, job.outputs):
+                published.append(publish(source, target, overwrite))
+        except FileExistsError:
+            for path in published:  # this run's own links; the other run's files stay
+                path.unlink()
+            raise
+        return published
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_staged(job: PredictionJob, image: Volume, mask: np.ndarray) -> list[Path]:
+    """Write the files of ``job`` (paths in the staging folder).
 
     The CSV has the columns :data:`LESION_CSV_COLUMNS`, one row per lesion, a header alone for
     an empty mask (``write_lesion_csv`` would drop the ``case`` column then).
@@ -264,6 +310,6 @@ def predict(cfg: DictConfig) -> list[Path]:
     for job in tqdm(jobs, desc="predicting", unit="scan"):
         image = load_volume(job)
         mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size)
-        written += write_outputs(job, image, mask)
+        written += write_outputs(job, image, mask, overwrite=cfg.overwrite)
         log.info("%s: %d lesion voxels -> %s", job.name, int(mask.sum()), job.output)
     return written
