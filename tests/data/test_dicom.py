@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
@@ -427,3 +428,68 @@ def test_sts001_cli_writes_suv_and_mask(tmp_path):
     assert mask.get_data_dtype() == np.uint8
     # The reference mask holds the whole GTV_Mass: 5095 voxels.
     assert int(np.asarray(mask.dataobj).sum()) == 5095
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile values: checked like a NIfTI image's, each refusal naming the file or folder and the tag
+# ---------------------------------------------------------------------------------------
+
+
+def tamper(folder: Path, change, only_first: bool = False) -> Path:
+    """Apply ``change(ds)`` to the series' files (the first by name only, if asked); return that file."""
+    files = sorted(folder.glob("*.dcm"))
+    for path in files[:1] if only_first else files:
+        ds = pydicom.dcmread(path)
+        change(ds)
+        ds.save_as(path)
+    return files[0]
+
+
+def set_attribute(name, value):
+    return lambda ds: setattr(ds, name, value)
+
+
+def empty_radiopharmaceutical(ds):
+    ds.RadiopharmaceuticalInformationSequence = Sequence([])
+
+
+def truncate_pixels(ds):
+    ds.PixelData = ds.PixelData[:-10]
+
+
+HOSTILE = {
+    "negative slope": (set_attribute("RescaleSlope", -1.0), True, r"RescaleSlope \(0028,1053\) is -1.0, not > 0"),
+    "NaN slope": (set_attribute("RescaleSlope", "NaN"), True, r"RescaleSlope \(0028,1053\) is .*NaN.*not a finite number"),
+    "1e38 slope": (set_attribute("RescaleSlope", 1e38), False, r"inf voxels|not a plausible SUV"),
+    "negative intercept": (set_attribute("RescaleIntercept", -1e6), False, r"minimum -\S+ is below"),
+    "1e30 kg": (set_attribute("PatientWeight", 1e30), False, r"PatientWeight \(0010,1030\) is 1e\+30 kg, not in \(0, 1000\] kg"),
+    "NaN kg": (set_attribute("PatientWeight", "NaN"), False, r"PatientWeight \(0010,1030\) is .*NaN.*not a finite number"),
+    "one CT slice": (set_attribute("Modality", "CT"), True, r"Modality \(0008,0060\) is 'CT', not 'PT'"),
+    "empty radiopharmaceutical": (empty_radiopharmaceutical, False, r"RadiopharmaceuticalInformationSequence \(0054,0016\) is empty"),
+    "truncated pixels": (truncate_pixels, True, r"PixelData \(7FE0,0010\) cannot be decoded"),
+    "rows mismatch": (set_attribute("Rows", SHAPE[1] + 1), False, r"PixelData \(7FE0,0010\) cannot be decoded as Rows 7"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_values_are_refused_naming_the_file_and_tag(tmp_path, case, capsys):
+    change, only_first, message = HOSTILE[case]
+    series = write_series(tmp_path / "series", make_raw(), weight=70.0)
+    first = tamper(series, change, only_first)
+    with pytest.raises(ValueError, match=message) as refused:
+        read_pet_series(series)
+    shown = str(refused.value)
+    assert shown.startswith(str(series))
+    if only_first:
+        assert shown.startswith(str(first))  # the very slice at fault
+    assert main([str(series), str(tmp_path / "out.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {series}") and "Traceback" not in err
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_an_implausible_suv_is_warned_about(tmp_path):
+    series = write_series(tmp_path, make_raw(), weight=70.0, dose=3.7e5)  # a dose 1000x too small: SUV up to ~550
+    with pytest.warns(UserWarning, match=r"maximum SUV \S+ is not plausible \(> 500\)"):
+        volume = read_pet_series(series)
+    assert float(volume.suv.max()) > 500

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -32,6 +33,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import DA, DT, TM
 
+from wspet.data.format import MAX_PLAUSIBLE_SUV, image_value_problems
 from wspet.io import save_nifti
 
 # DICOM LPS -> nibabel RAS+: negate x and y.
@@ -50,6 +52,12 @@ _F18_MEANINGS = {"18f", "^18^fluorine", "f-18", "f18", "fluorine-18", "fluorine1
 SPACING_TOLERANCE = 0.05
 # Largest difference between direction cosines of two slices.
 ORIENTATION_TOLERANCE = 1e-4
+
+# Beyond this a PatientWeight is not a person's weight in kg (grams? a corrupt header?).
+MAX_PATIENT_WEIGHT_KG = 1000.0
+# SUV is computed here from the header, so unlike a NIfTI file's voxels it cannot be in Bq/ml by
+# mistake: a maximum above MAX_PLAUSIBLE_SUV is warned about, one above this is a wrong header value.
+MAX_COMPUTED_SUV = 1e4
 
 # Header values that SUV depends on; they must agree across the slices of one series.
 _UNIFORM_TAGS = (
@@ -148,7 +156,8 @@ def _check_uniform(datasets: Sequence[Dataset], series_dir: Path) -> None:
     for keyword in _UNIFORM_TAGS:
         ref = first.get(keyword)
         for ds in datasets[1:]:
-            if ds.get(keyword) != ref:
+            # str() too: "NaN" in every slice is one value (refused later), not a disagreement.
+            if ds.get(keyword) != ref and str(ds.get(keyword)) != str(ref):
                 raise ValueError(
                     f"{series_dir}: {keyword} differs between slices: "
                     f"{ref!r} in {Path(first.filename).name} vs {ds.get(keyword)!r} "
@@ -219,14 +228,45 @@ def _sort_and_affine(datasets: list[Dataset], series_dir: Path) -> tuple[list[Da
 
 
 def _activity(datasets: Sequence[Dataset], series_dir: Path) -> np.ndarray:
-    """(I, J, K) float64 stored values after each slice's own rescale slope/intercept."""
+    """(I, J, K) float64 stored values after each slice's own rescale slope/intercept.
+
+    Refused, naming the file and tag: a slope that is not finite and > 0, an intercept that is not
+    finite, pixel data that cannot be decoded (truncated, or not Rows x Columns).
+    """
     planes = []
     for ds in datasets:
         where = f"{series_dir}/{Path(ds.filename).name}"
-        slope = float(_require(ds, "RescaleSlope", where))
-        intercept = float(_require(ds, "RescaleIntercept", where))
-        planes.append(ds.pixel_array.astype(np.float64).T * slope + intercept)
+        slope = _number(ds, "RescaleSlope", where)
+        intercept = _number(ds, "RescaleIntercept", where)
+        if not slope > 0:
+            raise ValueError(f"{where}: RescaleSlope (0028,1053) is {slope}, not > 0")
+        try:
+            pixels = ds.pixel_array
+        except Exception as error:  # pydicom's errors name neither the file nor the tag
+            raise ValueError(
+                f"{where}: PixelData (7FE0,0010) cannot be decoded as Rows {ds.get('Rows')} x Columns "
+                f"{ds.get('Columns')}, {ds.get('BitsAllocated')} bits (truncated?): {_first_line(error)}"
+            ) from None
+        planes.append(pixels.astype(np.float64).T * slope + intercept)
     return np.stack(planes, axis=-1)
+
+
+def _number(ds: Dataset, keyword: str, where: str) -> float:
+    """A required numeric tag as a finite float; ValueError naming ``where`` and the tag otherwise."""
+    value = _require(ds, keyword, where)
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: {keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X}) is {value!r}, not a finite number")
+    return number
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,8 +419,9 @@ def read_pet_series(series_dir: str | os.PathLike) -> PetVolume:
     datasets = _load_series_datasets(series_dir)
     where = str(series_dir)
     first = datasets[0]
-    if first.get("Modality") != "PT":
-        raise ValueError(f"{series_dir}: Modality (0008,0060) is {first.get('Modality')!r}, not 'PT'")
+    for ds in datasets:  # one CT slice among PT ones would be scaled as activity
+        if ds.get("Modality") != "PT":
+            raise ValueError(f"{series_dir}/{Path(ds.filename).name}: Modality (0008,0060) is {ds.get('Modality')!r}, not 'PT'")
     _check_uniform(datasets, series_dir)
     expected_n = first.get("NumberOfSlices")
     if expected_n not in (None, "") and int(expected_n) != len(datasets):
@@ -389,12 +430,16 @@ def read_pet_series(series_dir: str | os.PathLike) -> PetVolume:
     units = str(_require(first, "Units", where)).strip().upper()
     if units != "BQML":
         raise ValueError(f"{series_dir}: Units (0054,1001) is {units!r}; only BQML can be converted to SUV")
-    weight_kg = float(_require(first, "PatientWeight", where))
-    if not weight_kg > 0:
-        raise ValueError(f"{series_dir}: PatientWeight (0010,1030) is {weight_kg} kg, not > 0")
+    weight_kg = _number(first, "PatientWeight", where)
+    if not 0 < weight_kg <= MAX_PATIENT_WEIGHT_KG:
+        raise ValueError(
+            f"{series_dir}: PatientWeight (0010,1030) is {weight_kg} kg, not in (0, {MAX_PATIENT_WEIGHT_KG:g}] kg"
+        )
     radio_seq = _require(first, "RadiopharmaceuticalInformationSequence", where)
+    if len(radio_seq) == 0:
+        raise ValueError(f"{series_dir}: RadiopharmaceuticalInformationSequence (0054,0016) is empty")
     radio = radio_seq[0]
-    dose_bq = float(_require(radio, "RadionuclideTotalDose", where))
+    dose_bq = _number(radio, "RadionuclideTotalDose", where)
     if not dose_bq > 0:
         raise ValueError(f"{series_dir}: RadionuclideTotalDose (0018,1074) is {dose_bq} Bq, not > 0")
     decay_correction = str(_require(first, "DecayCorrection", where)).strip().upper()
@@ -412,9 +457,26 @@ def read_pet_series(series_dir: str | os.PathLike) -> PetVolume:
         warnings.warn(note, UserWarning, stacklevel=2)
 
     activity = _activity(datasets, series_dir)
-    suv = activity * (weight_kg * 1000.0) / (dose_bq * factors)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes inf: refused just below
+        suv = (activity * (weight_kg * 1000.0) / (dose_bq * factors)).astype(np.float32)
+    problems = image_value_problems(suv)  # the checks a NIfTI image gets (wspet.data.format.load_image)
+    if problems:
+        raise ValueError(
+            f"{series_dir}: SUV from PatientWeight {weight_kg:g} kg, RadionuclideTotalDose {dose_bq:g} Bq and the"
+            f" slices' RescaleSlope/RescaleIntercept: {'; '.join(problems)}"
+        )
+    high = float(suv.max())
+    if high > MAX_COMPUTED_SUV:
+        raise ValueError(
+            f"{series_dir}: maximum SUV {high:.4g} is not a plausible SUV (> {MAX_COMPUTED_SUV:g}); check PatientWeight"
+            f" {weight_kg:g} kg, RadionuclideTotalDose {dose_bq:g} Bq and the slices' RescaleSlope (0028,1053)"
+        )
+    if high > MAX_PLAUSIBLE_SUV:
+        notes.append(f"{series_dir}: maximum SUV {high:.4g} is not plausible (> {MAX_PLAUSIBLE_SUV:g}); "
+                     f"check PatientWeight {weight_kg:g} kg and RadionuclideTotalDose {dose_bq:g} Bq")
+        warnings.warn(notes[-1], UserWarning, stacklevel=2)
     return PetVolume(
-        suv=suv.astype(np.float32),
+        suv=suv,
         affine=affine,
         series_dir=series_dir,
         series_uid=str(first.get("SeriesInstanceUID", "")),
@@ -473,14 +535,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(a is not None for a in mask_args) and not all(a is not None for a in mask_args):
         parser.error("--rtstruct, --roi and --mask-out go together")
 
-    volume = series_to_suv_nifti(args.series_dir, args.out)
-    print(f"{args.out}: SUV {volume.suv.shape}, max {float(volume.suv.max()):.3f}, spacing {volume.spacing}")
-    if args.rtstruct is not None:
-        from wspet.data.rtstruct import rasterise_roi
+    try:
+        volume = series_to_suv_nifti(args.series_dir, args.out)
+        print(f"{args.out}: SUV {volume.suv.shape}, max {float(volume.suv.max()):.3f}, spacing {volume.spacing}")
+        if args.rtstruct is not None:
+            from wspet.data.rtstruct import rasterise_roi
 
-        mask = rasterise_roi(args.rtstruct, args.roi, volume)
-        write_nifti(mask, volume.affine, args.mask_out)
-        print(f"{args.mask_out}: {args.roi} {int(mask.sum())} voxels")
+            mask = rasterise_roi(args.rtstruct, args.roi, volume)
+            write_nifti(mask, volume.affine, args.mask_out)
+            print(f"{args.mask_out}: {args.roi} {int(mask.sum())} voxels")
+    except (ValueError, OSError) as error:  # bad input: the message names the file; no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

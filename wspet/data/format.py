@@ -339,7 +339,7 @@ def load_image(path: str | Path) -> Volume:
     affine = _checked_affine(nifti, path)
     with np.errstate(invalid="ignore", over="ignore"):  # values beyond float32 become inf: refused below
         array = array.astype(np.float32, copy=False)
-    problems = _image_value_problems(array)
+    problems = image_value_problems(array)
     if problems:
         raise DatasetError(path, problems)
     _warn_image_units(nifti, array, path)
@@ -447,7 +447,7 @@ def _checked_affine(nifti, path: Path) -> np.ndarray:
     return affine
 
 
-def _image_value_problems(array: np.ndarray) -> list[str]:
+def image_value_problems(array: np.ndarray) -> list[str]:
     """NaN/inf, strongly negative and constant images (``array`` float32, in SUV)."""
     values = array
     problems = []
