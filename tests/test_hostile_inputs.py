@@ -393,7 +393,7 @@ def test_inputs_are_never_modified_by_the_check(dataset):
 
 
 def test_validation_options_are_checked():
-    with pytest.raises(ValueError, match=r"supervision 'boxes' is not one of \('box', 'label'\)"):
+    with pytest.raises(ValueError, match=r"supervision 'boxes' is not one of \('box', 'label'"):
         validate_dataset(".", supervision="boxes")
     with pytest.raises(ValueError, match=r"max_spacing_ratio 0.5 is not >= 1"):
         validate_dataset(".", max_spacing_ratio=0.5)
@@ -431,7 +431,7 @@ def test_unknown_config_key_is_refused():
 def test_unknown_supervision_lists_the_valid_choices():
     from wspet.data.datamodule import PetDataModule
 
-    with pytest.raises(ValueError, match=r"supervision 'boxes' is not one of \('box', 'label'\)"):
+    with pytest.raises(ValueError, match=r"supervision 'boxes' is not one of \('box', 'label'"):
         PetDataModule(root=".", supervision="boxes")
 
 
@@ -549,3 +549,80 @@ def test_losses_are_finite_for_any_prediction_and_any_box(inputs):
         assert torch.isfinite(loss), (name, loss)
         assert torch.isfinite(gradient).all(), name
     assert 0.0 <= losses["dice"].item() <= 1.0 + 1e-6
+
+
+# --------------------------------------------------------------------------- resource bombs and links
+
+
+def write_gzip_bomb(path: Path, shape=(1024, 1024, 1024)) -> Path:
+    """A NIfTI of ``shape`` uint8 zeros, gzipped fast: under 5 MB on disk for 1 GiB of voxels."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header.set_qform(np.eye(4), code=1)
+    header.set_sform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    chunk = bytes(1 << 24)
+    with gzip.open(path, "wb", compresslevel=1) as handle:
+        handle.write(header.binaryblock + b"\0\0\0\0")
+        for _ in range(math.prod(shape) // len(chunk)):
+            handle.write(chunk)
+    return path
+
+
+@pytest.fixture(scope="module")
+def gzip_bomb(tmp_path_factory) -> Path:
+    return write_gzip_bomb(tmp_path_factory.mktemp("bomb") / "bomb.nii.gz")
+
+
+def test_a_gzip_bomb_is_refused_from_its_header(gzip_bomb, tmp_path):
+    from wspet.data.convert import convert_dataset
+
+    assert gzip_bomb.stat().st_size < 5 * 2**20
+    with pytest.raises(DatasetError, match=r"bomb.nii.gz: header shape \(1024, 1024, 1024\) \(1073741824 voxels\) is too large"):
+        load_image(gzip_bomb)
+    image = Volume(array=np.ones((4, 4, 4), np.float32), affine=np.eye(4), path=tmp_path / "i.nii.gz")
+    with pytest.raises(DatasetError, match=r"bomb.nii.gz: header shape \(1024, 1024, 1024\)"):
+        load_label(gzip_bomb, image)
+    # A 1024^3 label given to the converter: refused before its image or label is decompressed.
+    src = tmp_path / "src" / "case1"
+    src.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(0.5, 2, (8, 8, 8)).astype(np.float32), np.eye(4)),
+             src / "PET_image.nii.gz")
+    (src / "PET_mask.nii.gz").symlink_to(gzip_bomb)
+    with pytest.raises(ValueError, match=r"PET_mask.nii.gz: header shape \(1024, 1024, 1024\)"):
+        convert_dataset(tmp_path / "src", tmp_path / "out", layout="sts", test_fraction=0.0, log=lambda *a: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_resampled_grid_beyond_the_voxel_limit_is_refused_beforehand():
+    from wspet.data.format import MAX_VOXELS
+    from wspet.data.preprocessing import Preprocessing
+
+    prepare = Preprocessing(target_spacing=(4.0, 4.0, 4.0))
+    huge = np.diag([1000.0, 1000.0, 1000.0, 1.0])
+    assert prepare.network_shape((16, 16, 16), huge) == (4000, 4000, 4000)
+    with pytest.raises(ValueError, match=r"scan.nii.gz: shape \(16, 16, 16\) at spacing \[1000.0, 1000.0, 1000.0\] mm "
+                                         r"resampled to \[4.0, 4.0, 4.0\] mm is a \(4000, 4000, 4000\) grid"):
+        prepare.check_grid((16, 16, 16), huge, "scan.nii.gz")
+    with pytest.raises(ValueError, match=rf"limit {MAX_VOXELS}"):
+        prepare.to_network_grid(np.ones((16, 16, 16), np.float32), huge)
+    image, affine = prepare.to_network_grid(np.ones((16, 16, 16), np.float32), np.diag([60.0, 60.0, 60.0, 1.0]))
+    assert image.shape == (240, 240, 240)  # large but within the limit: still predicted
+
+
+def test_an_image_linked_from_outside_the_root_is_followed_with_a_warning(dataset, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    moved = outside / "hn_001.nii.gz"
+    shutil.move(dataset / "imagesTr" / "hn_001.nii.gz", moved)
+    (dataset / "imagesTr" / "hn_001.nii.gz").symlink_to(moved)
+    with pytest.warns(DatasetWarning, match=rf"imagesTr/hn_001.nii.gz is a symbolic link .* to {moved}, outside the dataset"):
+        index = read_dataset(dataset)
+    assert load_image(index.training[0].image).array.shape == SHAPE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # links inside the root are silent
+        shutil.move(moved, dataset / "hn_001_real.nii.gz")
+        (dataset / "imagesTr" / "hn_001.nii.gz").unlink()
+        (dataset / "imagesTr" / "hn_001.nii.gz").symlink_to(dataset / "hn_001_real.nii.gz")
+        read_dataset(dataset)

@@ -401,3 +401,16 @@ def test_predict_without_arguments_prints_the_usage(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert f"error: {tmp_path / 'none.nii.gz'}: input does not exist" in bad.stderr
+
+
+def test_a_scan_whose_resampled_grid_is_too_large_is_refused_naming_it(checkpoint, tmp_path):
+    resampling = tmp_path / "resampling.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["hyper_parameters"]["preprocessing"] = {"target_spacing": [4.0, 4.0, 4.0], "intensity": "suv", "suv_scale": 1.0}
+    torch.save(saved, resampling)
+    path = tmp_path / "coarse.nii.gz"
+    image = np.random.default_rng(0).gamma(2.0, 0.5, size=(16, 16, 16)).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, np.diag([1000.0, 1000.0, 1000.0, 1.0])), path)
+    with pytest.raises(ValueError, match=r"coarse.nii.gz: shape \(16, 16, 16\) .* is a \(4000, 4000, 4000\) grid"):
+        predict(predict_config(checkpoint=resampling, input_path=path, output=tmp_path / "out"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -309,6 +309,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     written = []
     for job in tqdm(jobs, desc="predicting", unit="scan"):
         image = load_volume(job)
+        model.preprocessing.check_grid(image.array.shape, image.affine, job.image)  # before any big allocation
         mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size)
         written += write_outputs(job, image, mask, overwrite=cfg.overwrite)
         log.info("%s: %d lesion voxels -> %s", job.name, int(mask.sum()), job.output)

@@ -47,7 +47,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -58,7 +57,9 @@ from wspet.data.format import (
     case_boxes,
     load_image,
     load_label,
+    open_nifti,
     read_dataset,
+    read_voxels,
 )
 from wspet.io import new_folder_mode, save_nifti, write_text
 
@@ -458,11 +459,8 @@ def convert_case(
     ``world_boxes`` (RAS mm) replace the label-derived boxes when given.
     """
     image = load_image(case.image)
-    try:
-        raw = nib.load(str(case.label))
-        label_array, label_affine = np.asarray(raw.dataobj), np.asarray(raw.affine, dtype=np.float64)
-    except Exception as error:  # nibabel raises many types for corrupt files
-        raise ValueError(f"{case.label}: cannot be read as NIfTI: {error}") from None
+    raw = open_nifti(case.label, "label")  # its declared size is checked before anything is decompressed
+    label_array, label_affine = read_voxels(raw, case.label), np.asarray(raw.affine, dtype=np.float64)
     label, resampled = label_on_image_grid(label_array, label_affine, image.array.shape, image.affine,
                                            case.image, case.label)
     array, affine, dropped = image.array, image.affine, 0
@@ -481,10 +479,7 @@ def convert_case(
 def check_headers(cases: Sequence[SourceCase]) -> None:
     """Check every case's frames from the NIfTI headers alone, before anything is written."""
     for case in cases:
-        try:
-            image, label = nib.load(str(case.image)), nib.load(str(case.label))
-        except Exception as error:  # nibabel raises many types for corrupt files
-            raise ValueError(f"{case.image} or {case.label}: cannot be read as NIfTI: {error}") from None
+        image, label = open_nifti(case.image, "image"), open_nifti(case.label, "label")  # sizes checked too
         if label.shape[:3] != image.shape[:3] or not np.allclose(label.affine, image.affine, atol=AFFINE_TOLERANCE_MM):
             check_frames(image.affine, image.shape[:3], label.affine, label.shape[:3], case.image, case.label)
 

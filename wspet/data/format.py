@@ -44,9 +44,10 @@ NEGATIVE_SUV_FLOOR = 1.0
 NEGATIVE_FRACTION_OF_MAX = 0.05
 # Above this the image is almost certainly not in SUV (Bq/ml or counts): accepted, with a warning.
 MAX_PLAUSIBLE_SUV = 500.0
-# A header may promise at most this many voxels (4 GiB as float32): a corrupt header must not
-# make the reader allocate terabytes.
-MAX_VOXELS = 2**30
+# A header may promise at most this many voxels (1 GiB as float32; a whole-body PET at 2 mm has
+# ~1.2e8): a corrupt or hostile header must not make the reader allocate what the machine lacks.
+# Resampling to a target spacing is bounded by it too (wspet.data.preprocessing).
+MAX_VOXELS = 2**28
 # Deflate cannot compress more than 1032:1, so a .gz file of n bytes holds at most ~1032 n.
 MAX_GZIP_RATIO = 1040
 _SHOWN = 80  # characters of a bad value shown in a message
@@ -270,6 +271,12 @@ def _resolve(root: Path, relative: object, where: str, problems: list[str]) -> P
     if not is_file:
         problems.append(f"{relative}: {'not a file' if exists else 'file does not exist'}")
         return None
+    target = path.resolve()
+    if not target.is_relative_to(root):
+        # Followed, not refused: scans are often linked from shared storage, and are only read
+        # (docs/security.md). Said aloud, since dataset.json alone does not show where they are.
+        _warn(f"{where}: {relative} is a symbolic link (or lies in a linked folder) to {target}, outside the"
+              f" dataset folder {root}; following it")
     return path
 
 
@@ -334,8 +341,8 @@ def load_image(path: str | Path) -> Volume:
     (squeezed), integer voxels without a scale slope, a maximum above 500 (not SUV?).
     """
     path = Path(path)
-    nifti = _open_nifti(path, "image")
-    array = _as_3d(_read_voxels(nifti, path), path, "image")
+    nifti = open_nifti(path, "image")
+    array = _as_3d(read_voxels(nifti, path), path, "image")
     affine = _checked_affine(nifti, path)
     with np.errstate(invalid="ignore", over="ignore"):  # values beyond float32 become inf: refused below
         array = array.astype(np.float32, copy=False)
@@ -353,8 +360,8 @@ def load_label(path: str | Path, image: Volume) -> np.ndarray:
     negative values. Values other than 0 and 1 are accepted with a :class:`DatasetWarning`.
     """
     path = Path(path)
-    nifti = _open_nifti(path, "label")
-    array = _as_3d(_read_voxels(nifti, path), path, "label")
+    nifti = open_nifti(path, "label")
+    array = _as_3d(read_voxels(nifti, path), path, "label")
     affine = _checked_affine(nifti, path)
     problems = []
     if array.shape != image.array.shape:
@@ -374,7 +381,7 @@ def load_label(path: str | Path, image: Volume) -> np.ndarray:
     return (array > 0).astype(np.uint8)
 
 
-def _open_nifti(path: Path, kind: str) -> nib.spatialimages.SpatialImage:
+def open_nifti(path: Path, kind: str) -> nib.spatialimages.SpatialImage:
     """The NIfTI header, checked so that reading its voxels can neither crash nor exhaust memory."""
     try:
         nifti = nib.load(str(path), mmap=False)  # never map (or write through to) an input
@@ -400,7 +407,9 @@ def _open_nifti(path: Path, kind: str) -> nib.spatialimages.SpatialImage:
 def _check_size(path: Path, nifti, shape: tuple[int, ...], dtype: np.dtype) -> None:
     voxels = math.prod(shape)
     if voxels > MAX_VOXELS:
-        raise DatasetError(path, [f"header shape {shape} ({voxels} voxels) is too large for a PET volume"])
+        raise DatasetError(
+            path, [f"header shape {shape} ({voxels} voxels) is too large for a PET volume (limit {MAX_VOXELS})"]
+        )
     needed = int(getattr(nifti.dataobj, "offset", 0)) + voxels * dtype.itemsize
     size = path.stat().st_size
     capacity = size * MAX_GZIP_RATIO + 1024 if path.name.endswith(".gz") else size
@@ -410,11 +419,14 @@ def _check_size(path: Path, nifti, shape: tuple[int, ...], dtype: np.dtype) -> N
         )
 
 
-def _read_voxels(nifti, path: Path) -> np.ndarray:
+def read_voxels(nifti, path: Path) -> np.ndarray:
     try:
         return np.asarray(nifti.dataobj)
     except EOFError as error:  # gzip stream cut short
         raise DatasetError(path, [f"truncated file, cannot read the voxels ({error})"]) from None
+    except MemoryError:
+        shape = tuple(nifti.header.get_data_shape())
+        raise DatasetError(path, [f"header shape {shape} ({math.prod(shape)} voxels) does not fit in memory"]) from None
     except Exception as error:
         raise DatasetError(path, [f"cannot read the voxels (truncated or corrupt?): {_describe(error)}"]) from None
 

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torchio as tio
 
+from wspet.data.format import MAX_VOXELS
+
 INTENSITY_MODES = ("zscore", "suv")
 
 
@@ -115,8 +117,33 @@ class Preprocessing:
             return image, affine
         if affine is None:
             raise ValueError(f"resampling to {self.target_spacing} mm needs the image's affine, got None")
+        self.check_grid(image.shape, affine)
         resampled = tio.Resample(self.target_spacing)(_scalar(image, affine))
         return resampled.data[0].numpy(), resampled.affine
+
+    def network_shape(self, shape: Sequence[int], affine: np.ndarray) -> tuple[int, ...]:
+        """The shape a volume of ``shape`` and ``affine`` gets at ``target_spacing`` (its own without one)."""
+        if self.target_spacing is None:
+            return tuple(int(n) for n in shape)
+        spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+        extent = np.asarray(shape[:3], dtype=np.float64) * spacing
+        return tuple(max(1, math.ceil(e / t - 1e-6)) for e, t in zip(extent, self.target_spacing))
+
+    def check_grid(self, shape: Sequence[int], affine: np.ndarray, where: object = "image") -> None:
+        """Refuse (ValueError naming ``where``) a volume whose resampled grid exceeds ``load_image``'s voxel limit.
+
+        A 16^3 scan of 1000 mm voxels at 4 mm would be a 4000^3 grid: refused here, before any
+        memory is allocated, rather than by the allocator or after hours of sliding windows.
+        """
+        target = self.network_shape(shape, affine)
+        voxels = math.prod(target)
+        if voxels > MAX_VOXELS:
+            spacing = np.round(np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0), 3).tolist()
+            raise ValueError(
+                f"{where}: shape {tuple(int(n) for n in shape)} at spacing {spacing} mm resampled to "
+                f"{list(self.target_spacing)} mm is a {target} grid ({voxels} voxels, limit {MAX_VOXELS}); "
+                "is the spacing in the header right?"
+            )
 
     def to_native_grid(
         self, values: np.ndarray, affine: np.ndarray | None, shape: Sequence[int], native_affine: np.ndarray | None
