@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 
 from wspet.metrics import case_metrics, dice_score
+from wspet.overlays import largest_slice
 from wspet.report import (
     RESULT_COLUMNS,
     RunRecord,
     collect_runs,
     default_figure_experiment,
+    figure1,
     plot_figure1,
     plot_figure2,
     reference_results,
@@ -264,6 +266,9 @@ def test_cli_writes_to_out_dir(report, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "figure1.png", "figure2.png", "results.csv", "results.md"]
     assert len(read_results(out / "results.csv")) == 10
+    # The summary table is printed, not only the paths.
+    assert "| experiment | runs | n | Dice |" in proc.stdout
+    assert "| mdice_ms | 2 | 4 | 0.667 ± 0.471 |" in proc.stdout
 
 
 def test_cli_error_exit_code_and_message(tmp_path):
@@ -336,3 +341,38 @@ def test_all_empty_experiment_has_no_distance_and_still_plots(tmp_path):
     assert cells[-1] == "2 / 2"
     image = mpimg.imread(plot_figure1(rows, tmp_path / "f1.png"))
     assert image.shape[0] > 300
+
+
+def test_figure1_is_box_plots_of_every_result_labelled(report):
+    sweep, _ = report
+    runs = collect_runs(sweep)
+    rows = results_table(runs, reference_results(runs[0].data_root))
+    dice_ax, ude_ax = figure1(rows).axes
+    names = [t.get_text() for t in dice_ax.get_xticklabels()]
+    assert names == ["dice", "mdice_ms", "box", "box_threshold"]
+    # One box per experiment spanning the quartiles of its (case, seed) Dice; reference rows hatched.
+    boxes = [p for p in dice_ax.patches if p.get_path().vertices.size]
+    assert len(boxes) == 4
+    spans = [tuple(np.round(np.sort(np.unique(b.get_path().vertices[:, 1]))[[0, -1]], 6)) for b in boxes]
+    mdice = [r["dice"] for r in rows if r["experiment"] == "mdice_ms"]
+    assert spans[1] == tuple(np.round(np.percentile(mdice, [25, 75]), 6))
+    assert [bool(b.get_hatch()) for b in boxes] == [False, False, True, True]
+    assert [t.get_text() for t in ude_ax.get_xticklabels()][1] == "mdice_ms (n=3)"  # the empty prediction left out
+    assert "whiskers" in figure1(rows)._suptitle.get_text() and "diamond: mean" in figure1(rows)._suptitle.get_text()
+
+
+def test_figure_slice_shows_a_prediction_that_missed_the_lesion():
+    truth = np.zeros(SHAPE, dtype=bool)
+    truth[4:6, 4:6, 4:6] = True  # 8 voxels
+    pred = np.zeros(SHAPE, dtype=bool)
+    pred[15:20, 15:20, 15:20] = True  # a larger false positive far away
+    assert largest_slice(pred, truth, 0) == 17 and largest_slice(pred, truth, 1) == 17
+
+
+def test_figure_slice_prefers_both_masks_and_the_middle_of_ties():
+    truth = np.zeros(SHAPE, dtype=bool)
+    truth[8:12, 8:12, 8:12] = True
+    pred = np.zeros(SHAPE, dtype=bool)
+    pred[7:13, 7:13, 7:13] = True  # same count in slices 7..12; truth adds to 8..11
+    assert largest_slice(pred, truth, 1) == 10
+    assert largest_slice(np.zeros(SHAPE, bool), np.zeros(SHAPE, bool), 0) == SHAPE[0] // 2

@@ -14,21 +14,23 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from wspet.metrics.lesions import label_components
 
 PREDICTION_COLOUR = "#00c000"  # green, as in the paper's Figure 2
 TRUTH_COLOUR = "#b030e0"  # purple
 
 
-def _largest_lesion_centre(mask: np.ndarray) -> tuple[int, int, int]:
-    """Rounded centroid (i, j, k) of the largest 26-connected component of `mask`, or
-    the volume centre for an empty mask."""
-    labels, count = label_components(mask)
-    if count == 0:
-        return tuple(n // 2 for n in mask.shape)  # type: ignore[return-value]
-    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    centre = np.argwhere(labels == largest).mean(axis=0)
-    return tuple(int(round(c)) for c in centre)  # type: ignore[return-value]
+def largest_slice(pred: np.ndarray, truth: np.ndarray, axis: int) -> int:
+    """Index along ``axis`` of the slice where prediction and truth together cover most voxels.
+
+    A voxel in both counts twice, so a slice showing both beats one showing either alone; among
+    equal slices the middle one is taken. The volume's middle when both masks are empty.
+    """
+    others = tuple(a for a in range(pred.ndim) if a != axis)
+    counts = pred.sum(axis=others, dtype=np.int64) + truth.sum(axis=others, dtype=np.int64)
+    if not counts.any():
+        return pred.shape[axis] // 2
+    best = np.flatnonzero(counts == counts.max())
+    return int(best[len(best) // 2])
 
 
 def superior_is_increasing_k(affine: np.ndarray) -> bool:
@@ -70,16 +72,20 @@ def _outline(ax, mask2d: np.ndarray, colour: str, width: float, upsample: int = 
 
 
 def draw_case(axes: Sequence, image, pred, truth, spacing, affine, title: str) -> None:
-    """Draw one case on two axes: a coronal (fixed j) and a sagittal (fixed i) slice through the
-    centroid of the largest true lesion, prediction green, truth purple, superior up."""
-    i, j, _ = _largest_lesion_centre(truth)
+    """Draw one case on two axes: the coronal (fixed j) and the sagittal (fixed i) slice where the
+    prediction or the truth covers most voxels, prediction green, truth purple, superior up.
+
+    A prediction that missed the lesion is then shown, not only the lesion it missed.
+    """
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    i, j = largest_slice(pred, truth, 0), largest_slice(pred, truth, 1)
     window = _intensity_window(image)
     up = superior_is_increasing_k(affine)
     si, sj, sk = spacing
     _show_slice(axes[0], image[:, j, :], pred[:, j, :], truth[:, j, :], sk / si, window, up)
     _show_slice(axes[1], image[i, :, :], pred[i, :, :], truth[i, :, :], sk / sj, window, up)
-    axes[0].set_title(f"{title} (coronal)", fontsize=9)
-    axes[1].set_title(f"{title} (sagittal)", fontsize=9)
+    axes[0].set_title(f"{title} (coronal, j={j})", fontsize=9)
+    axes[1].set_title(f"{title} (sagittal, i={i})", fontsize=9)
 
 
 def overlay_figure(cases: Sequence[dict], title: str) -> Figure:

@@ -413,32 +413,63 @@ def summary_markdown(rows: Sequence[ResultRow], runs: Sequence[RunRecord] = ()) 
 
 
 def plot_figure1(rows: Sequence[ResultRow], path: str | os.PathLike) -> Path:
-    """Figure 1: bars of the mean Dice and mean UDE (mm) per experiment with std error
-    bars (two panels), reference rows hatched. Written atomically as PNG to `path`."""
+    """Figure 1 (`figure1`) written atomically as PNG to `path`."""
+    return _atomic_savefig(figure1(rows), Path(path))
+
+
+def figure1(rows: Sequence[ResultRow]) -> Figure:
+    """Figure 1: box plots of Dice and UDE (mm) per experiment over all (case, seed) results
+    (two panels), reference rows hatched grey.
+
+    Boxes show the quartiles and the median, whiskers the furthest value within 1.5 IQR of the
+    box, circles the values beyond, a diamond the mean. UDE leaves out empty predictions (no
+    surface); the number kept is in each UDE label."""
     summaries = summarize(rows)
     names = [s.experiment for s in summaries]
-    x = np.arange(len(names))
-    fig = Figure(figsize=(max(6.0, 1.1 * len(names) + 2.0), 4.0), constrained_layout=True)
+    positions = np.arange(1, len(names) + 1)
+    fig = Figure(figsize=(max(7.5, 1.2 * len(names) + 2.5), 4.8), constrained_layout=True)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
-    titles = ("Mean Dice", "Mean UDE (mm), non-empty predictions")
+    titles = ("Dice, each test case x seed", "UDE (mm), non-empty predictions")
     for ax, metric, title in zip(axes, ("dice", "ude_mm"), titles):
-        means = np.array([s.mean[metric] for s in summaries])
-        stds = np.nan_to_num(np.array([s.std[metric] for s in summaries]))
-        bars = ax.bar(x, np.nan_to_num(means), yerr=stds, capsize=4, color="#4c72b0")
-        for pos, bar, name, mean in zip(x, bars, names, means):
-            if name in REFERENCE_ROWS:
-                bar.set_facecolor("#bbbbbb")
-                bar.set_hatch("//")
-            if math.isnan(mean):  # every prediction empty: no distance, not a zero one
-                ax.text(pos, 0, "none\n(all empty)", ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(x, names, rotation=35, ha="right")
-        ax.set_title(title)
+        values = [_finite(rows, name, metric) for name in names]
+        _box_panel(ax, positions, names, values, show_n=metric == "ude_mm")
+        ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-        ax.set_ylim(bottom=0)  # neither metric can be negative; a long error bar is cut
     axes[0].set_ylim(0, 1.05)
-    fig.suptitle("Hatched: reference rows using tight boxes from the test labels", fontsize=9)
-    return _atomic_savefig(fig, Path(path))
+    axes[1].set_ylim(bottom=0)
+    fig.suptitle(
+        "Box: quartiles and median; whiskers: furthest value within 1.5 IQR; circles: beyond; diamond: mean.\n"
+        "Hatched: reference rows, using tight boxes from the test labels",
+        fontsize=8,
+    )
+    return fig
+
+
+def _finite(rows: Sequence[ResultRow], experiment: str, metric: str) -> np.ndarray:
+    values = np.array([r[metric] for r in rows if r["experiment"] == experiment], dtype=float)
+    return values[np.isfinite(values)]
+
+
+def _box_panel(ax, positions, names: Sequence[str], values: Sequence[np.ndarray], show_n: bool) -> None:
+    """One box per experiment; an experiment without a finite value gets a note instead of a box."""
+    drawn = [k for k, v in enumerate(values) if v.size]
+    boxes = ax.boxplot(
+        [values[k] for k in drawn], positions=[positions[k] for k in drawn], widths=0.6,
+        patch_artist=True, showmeans=True, manage_ticks=False,
+        meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black", "markersize": 5},
+        medianprops={"color": "black"}, flierprops={"marker": "o", "markersize": 3},
+    )
+    for k, patch in zip(drawn, boxes["boxes"]):
+        reference = names[k] in REFERENCE_ROWS
+        patch.set_facecolor("#bbbbbb" if reference else "#4c72b0")
+        patch.set_hatch("//" if reference else None)
+    for pos, v in zip(positions, values):
+        if not v.size:  # every prediction empty: no distance, not a zero one
+            ax.text(pos, 0, "none\n(all empty)", ha="center", va="bottom", fontsize=7)
+    labels = [f"{name} (n={v.size})" for name, v in zip(names, values)] if show_n else list(names)
+    ax.set_xticks(positions, labels, rotation=35, ha="right")
+    ax.set_xlim(0.4, len(names) + 0.6)
 
 
 def plot_figure2(
@@ -554,6 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = write_report(args.sweep_dir, args.out, args.figure_experiment)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
+    print(paths["results_md"].read_text())
     for path in paths.values():
         print(path)
     return 0
