@@ -626,3 +626,11 @@ def test_an_image_linked_from_outside_the_root_is_followed_with_a_warning(datase
         (dataset / "imagesTr" / "hn_001.nii.gz").unlink()
         (dataset / "imagesTr" / "hn_001.nii.gz").symlink_to(dataset / "hn_001_real.nii.gz")
         read_dataset(dataset)
+
+
+def test_a_split_folder_linked_from_outside_the_root_is_followed_with_a_warning(dataset, tmp_path):
+    outside = Path(shutil.move(dataset / "labelsTr", tmp_path / "labels_elsewhere"))
+    (dataset / "labelsTr").symlink_to(outside, target_is_directory=True)
+    with pytest.warns(DatasetWarning, match=rf"labelsTr/hn_001.nii.gz is a symbolic link \(or lies in a linked folder\) to {outside}"):
+        index = read_dataset(dataset)
+    assert [case.label.parent.name for case in index.training] == ["labelsTr"] * 3
