@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Pinned and installed first, so that installing wspet does not re-resolve torch. Which build pip
 # picks is up to its index: on Linux, PyPI's torch wheel is the CUDA build (GBs). For the CPU-only
 # build: `make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"`;
-# for a given CUDA: `--index-url https://download.pytorch.org/whl/cu126` (README.md, Installation).
+# for a CUDA build: `--index-url https://download.pytorch.org/whl/cuNNN` (README.md, Installation).
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= data/phantom
 SMOKE_DIR ?= outputs/smoke
@@ -82,7 +82,7 @@ STS_SWEEP_DIR ?= outputs/sts/$(shell date +%Y-%m-%d_%H-%M-%S)
 # Equal epochs make the dice run and mdice_ms's box-Dice stage one cached stage.
 STS_EPOCHS ?= 8
 STS_SEEDS ?= 0
-STS_ARGS ?= data.samples_per_volume=6 trainer.max_epochs=$(STS_EPOCHS) pretrain.max_epochs=$(STS_EPOCHS)
+STS_ARGS ?= data.samples_per_volume=6
 
 data/sts/dataset.json: | install
 	$(PY) -m wspet.data.convert $(STS_SRC) data/sts --layout sts --weak --test-fraction 0.25 --seed 0
