@@ -54,8 +54,11 @@ clean:
 test-slurm: install
 	$(PY) -m pytest -m slurm tests/slurm $(ARGS)
 
+# Where the time of a training step and of prediction goes, fp32 against precision=auto, with the
+# targets checked (docs/performance.md); under 10 minutes on 2 cores. `make bench ARGS=--quick`: under 2.
+BENCH_OUT ?= outputs/bench/$(shell date +%Y-%m-%d_%H-%M-%S).json
 bench: install
-	$(PY) -m wspet.bench $(ARGS)
+	$(PY) -m wspet.bench --out $(BENCH_OUT) $(ARGS)
 
 # The paper's Figure 1 as one Hydra multirun over experiments and seeds, then the report
 # (results.csv, results.md, figure1.png, figure2.png in the sweep folder).

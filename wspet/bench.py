@@ -1,124 +1,586 @@
-"""Benchmarks (`make bench` / `python -m wspet.bench`): speed and memory of training and inference.
+"""Benchmarks (`make bench` / `python -m wspet.bench`): where the time of training and prediction goes.
 
-Each case runs in its own process, so its peak resident memory is its own; times are medians over
-``--repeats`` runs after a warm-up. Ratios compare cases measured in the same invocation only:
-the machines are shared, so absolute seconds vary from run to run.
+One run measures, on the machine it runs on (docs/performance.md):
+
+- the bare training step (network, loss, clipping, optimiser) and the full Lightning step (the
+  same plus loading, logging and callbacks) at the training patch size and at 96^3, and their ratio;
+- both in float32 and in the precision ``auto`` resolves to (:mod:`wspet.precision`), and with
+  ``channels_last_3d`` in that precision;
+- the training step's GFLOP/s against a matrix product of the same precision, measured here;
+- the data loader's samples per second against the rate at which the step consumes them;
+- each loss of ``conf/loss`` (forward and backward) as a share of the step;
+- validation time as a share of the training between two validations;
+- whole-body sliding-window prediction: time and peak memory, in float32 and ``auto``;
+- the CPU's ISA flags, torch's CPU capability and version.
+
+Every time is the median of ``repeats`` runs after ``warmup`` runs. Ratios compare figures of one
+run only: the machines are shared, so absolute seconds vary from run to run. The model, loss,
+optimiser and trainer are those of ``conf/train.yaml``, built by ``wspet.training``; the data is a
+small phantom set written to a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import logging
+import math
 import multiprocessing
+import os
+import platform
 import resource
 import statistics
+import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.flop_counter import FlopCounterMode
 
-from wspet.losses import CompositeLoss
-from wspet.model.unet3d import UNet3D
+from wspet.data.datamodule import PetDataModule, split_validation
+from wspet.data.phantom import write_phantom_dataset
+from wspet.precision import FP32, PrecisionChoice, device_type, read_cpu_flags, resolve_precision
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+FULL_OVER_BARE_LIMIT = 1.05  # docs/performance.md: Lightning may add at most 5% to the bare step
+# The x86 flags that decide the speed of float32 and bf16 convolutions.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one bench run measures: step cases ``(patch size, batch)``, the whole-body prediction, repeats."""
+
+    steps: tuple[tuple[tuple[int, int, int], int], ...]
+    repeats: int
+    warmup: int
+    matmul_size: int
+    volume: tuple[int, int, int]
+    window: tuple[int, int, int]
+    overlap: tuple[int, int, int]
+    prediction_repeats: int
+    cases: int  # phantom volumes written for the run (a fifth validate)
+    phantom_shape: tuple[int, int, int]
+    overrides: tuple[str, ...] = ()  # Hydra overrides of conf/train.yaml, e.g. model.net.norm=instance
+
+
+# The training shape of conf/data/phantom.yaml and 96^3; the whole-body STS_001 grid.
+FULL = Settings(
+    steps=(((48, 48, 48), 2), ((96, 96, 96), 1)), repeats=5, warmup=2, matmul_size=4096,
+    volume=(128, 128, 267), window=(96, 96, 64), overlap=(32, 32, 16), prediction_repeats=3,
+    cases=10, phantom_shape=(96, 96, 64),
+)
+QUICK = Settings(
+    steps=(((32, 32, 32), 2), ((48, 48, 48), 1)), repeats=3, warmup=1, matmul_size=2048,
+    volume=(64, 64, 64), window=(48, 48, 48), overlap=(16, 16, 16), prediction_repeats=1,
+    cases=6, phantom_shape=(64, 64, 48),
+)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(step: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``step`` over ``repeats`` calls after ``warmup`` (allocator, kernel choice)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        synchronise(device)
+        start = time.perf_counter()
+        step()
+        synchronise(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def autocast(choice: PrecisionChoice, device: torch.device):
+    dtype = choice.autocast_dtype
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+# --------------------------------------------------------------------------- configuration and data
+
+
+def bench_config(
+    root: Path, size: tuple, batch: int, settings: Settings, precision: str | None = None, channels_last: bool | None = None
+) -> DictConfig:
+    """``conf/train.yaml`` with ``settings.overrides`` on the bench's phantom set (volumes padded to at least
+    ``size``), training ``size`` patches in batches of ``batch``; ``precision`` and ``channels_last`` override the config's."""
+    GlobalHydra.instance().clear()
+    volume = [max(s, v) for s, v in zip(size, settings.phantom_shape)]
+    overrides = [
+        *settings.overrides, f"data.root={root}", "data.phantom=null", f"data.patch_size=[{','.join(map(str, size))}]",
+        f"data.volume_size=[{','.join(map(str, volume))}]", f"data.batch_size={batch}", "data.samples_per_volume=4",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        if precision is not None:
+            cfg.trainer.precision = precision
+        if channels_last is not None:
+            cfg.model.channels_last = channels_last
+    return cfg
+
+
+def data_module(cfg: DictConfig) -> PetDataModule:
+    """``cfg``'s data module, set up (the volumes read into memory)."""
+    accepted = inspect.signature(PetDataModule).parameters
+    arguments = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k in accepted}
+    datamodule = PetDataModule(supervision=cfg.loss.supervision, **arguments)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def first_batch(datamodule: PetDataModule, supervision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(image, target)`` of the first training batch, ``(B, 1, D, H, W)`` float32 on ``device``."""
+    batch = next(iter(datamodule.train_dataloader()))
+    return batch["image"]["data"].to(device), batch[supervision]["data"].float().to(device)
+
+
+def build_model(cfg: DictConfig, device: torch.device):
+    from wspet.training import build_model as build
+
+    return build(cfg, None).to(device)
+
+
+# --------------------------------------------------------------------------- training steps
+
+
+def bare_step(cfg: DictConfig, image: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
+    """One optimiser step of ``cfg``'s model and loss with gradient clipping, as Lightning does it, minus Lightning."""
+    device = image.device
+    model = build_model(cfg, device)
+    choice = resolve_precision(cfg.trainer.precision, device.type)
+    optimizer = instantiate(cfg.model.optimizer, params=model.parameters())
+    clip = cfg.trainer.get("gradient_clip_val")
+
+    def step() -> None:
+        with autocast(choice, device):
+            loss = model.loss_fn(image, model(image), target)["loss"]
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+class StepClock(L.Callback):
+    """Wall-clock ends of training batches and durations of validation epochs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.batch_ends: list[float] = []
+        self.validations: list[float] = []
+        self._validation_start = 0.0
+
+    def _now(self) -> float:
+        synchronise(self.device)
+        return time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        self.batch_ends.append(self._now())
+
+    def on_validation_epoch_start(self, *args) -> None:
+        self._validation_start = self._now()
+
+    def on_validation_epoch_end(self, *args) -> None:
+        self.validations.append(self._now() - self._validation_start)
+
+
+def lightning_run(cfg: DictConfig, datamodule: PetDataModule, settings: Settings, device: torch.device, validate: bool) -> StepClock:
+    """``trainer.fit`` of ``cfg`` for ``warmup + repeats + 1`` steps (then one validation if ``validate``)."""
+    from wspet.training import build_trainer
+
+    steps = settings.warmup + settings.repeats + 1
+    run_cfg = cfg.copy()
+    with open_dict(run_cfg):
+        run_cfg.trainer.update(
+            max_epochs=1, max_steps=steps, limit_train_batches=steps, limit_val_batches=1.0 if validate else 0,
+            val_check_interval=None, check_val_every_n_epoch=1, num_sanity_val_steps=0, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )
+    clock = StepClock(device)
+    model = build_model(cfg, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = build_trainer(run_cfg, [clock], [], Path(folder))
+        trainer.fit(model, datamodule=datamodule)
+    return clock
+
+
+def full_step_seconds(clock: StepClock, warmup: int) -> float:
+    """Median time between the ends of consecutive training batches, after ``warmup`` of them."""
+    return statistics.median(np.diff(clock.batch_ends)[warmup:].tolist())
+
+
+def step_case(root: Path, size: tuple, batch: int, settings: Settings, device: torch.device, auto: PrecisionChoice) -> dict:
+    """Bare and full steps of one patch size in float32 and in ``auto``, and ``channels_last_3d`` in ``auto``."""
+    case = {"size": list(size), "batch": batch}
+    precisions = {"fp32": FP32} if auto.precision == FP32 else {"fp32": FP32, "auto": "auto"}
+    for name, precision in precisions.items():
+        cfg = bench_config(root, size, batch, settings, precision)
+        datamodule = data_module(cfg)
+        image, target = first_batch(datamodule, cfg.loss.supervision, device)
+        bare = median_seconds(bare_step(cfg, image, target), settings.warmup, settings.repeats, device)
+        full = full_step_seconds(lightning_run(cfg, datamodule, settings, device, validate=False), settings.warmup)
+        case[name] = {"bare_s": bare, "full_s": full, "full_over_bare": full / bare}
+    case.setdefault("auto", case["fp32"])
+    case["auto_speedup"] = case["fp32"]["bare_s"] / case["auto"]["bare_s"]
+    channels_last = bench_config(root, size, batch, settings, "auto", channels_last=True)
+    step = bare_step(channels_last, image, target)
+    case["auto_channels_last_bare_s"] = median_seconds(step, settings.warmup, settings.repeats, device)
+    case["channels_last_speedup"] = case["auto"]["bare_s"] / case["auto_channels_last_bare_s"]
+    return case
+
+
+# --------------------------------------------------------------------------- arithmetic ceiling
+
+
+def step_gflop(cfg: DictConfig, image: torch.Tensor, target: torch.Tensor) -> float:
+    """GFLOP of one forward and backward pass of the network and loss, counted by torch's FlopCounterMode."""
+    device = image.device
+    model = build_model(cfg, device)
+    with FlopCounterMode(display=False) as counter:
+        model.loss_fn(image, model(image), target)["loss"].backward()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflop_per_s(size: int, dtype: torch.dtype, settings: Settings, device: torch.device) -> float:
+    """GFLOP/s of a ``size`` x ``size`` matrix product in ``dtype``: the machine's ceiling for that precision."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    seconds = median_seconds(lambda: a @ b, settings.warmup, settings.repeats, device)
+    return 2 * size**3 / seconds / 1e9
+
+
+def throughput(cfg: DictConfig, cases: list[dict], image: torch.Tensor, target: torch.Tensor, settings: Settings, auto: PrecisionChoice) -> dict:
+    """The first step case's GFLOP/s in float32 and ``auto`` against matrix products of the same dtypes."""
+    gflop = step_gflop(cfg, image, target)
+    result = {"size": cases[0]["size"], "batch": cases[0]["batch"], "step_gflop": gflop}
+    for name, dtype in (("fp32", torch.float32), ("auto", auto.autocast_dtype or torch.float32)):
+        network = gflop / cases[0][name]["bare_s"]
+        ceiling = matmul_gflop_per_s(settings.matmul_size, dtype, settings, image.device)
+        result[name] = {"step_gflop_per_s": network, "matmul_gflop_per_s": ceiling, "fraction_of_matmul": network / ceiling}
+    return result
+
+
+# --------------------------------------------------------------------------- loader, losses, validation
+
+
+def loader_rate(datamodule: PetDataModule, settings: Settings) -> float:
+    """Training samples per second the data loader delivers, over whole epochs (queue fills included)."""
+    rates = []
+    for _ in range(1 + settings.repeats):  # the first epoch warms up
+        start = time.perf_counter()
+        samples = sum(batch["image"]["data"].shape[0] for batch in datamodule.train_dataloader())
+        rates.append(samples / (time.perf_counter() - start))
+    return statistics.median(rates[1:])
+
+
+def loss_seconds(image: torch.Tensor, target: torch.Tensor, settings: Settings) -> dict[str, float]:
+    """Forward and backward time of each loss of ``conf/loss`` on one batch, sigmoid included."""
+    logits = torch.randn(image.shape, device=image.device, requires_grad=True)
+    seconds = {}
+    for path in sorted((CONF / "loss").glob("*.yaml")):
+        spec = OmegaConf.load(path)
+        if not spec.get("module"):
+            continue
+        loss_fn = instantiate(spec.module)  # conf/loss is the project's own configuration
+
+        def step() -> None:
+            loss_fn(image, torch.sigmoid(logits), target)["loss"].backward()
+            logits.grad = None
+
+        seconds[spec.get("name", path.stem)] = median_seconds(step, settings.warmup, settings.repeats, image.device)
+    return seconds
+
+
+def steps_between_validations(cfg: DictConfig, cases: int) -> int:
+    """Training steps from one validation to the next under ``cfg`` on a dataset of ``cases`` training cases."""
+    interval = cfg.trainer.get("val_check_interval")
+    if isinstance(interval, int) and not isinstance(interval, bool):
+        return interval
+    train, _ = split_validation(list(range(cases)), cfg.data.val_fraction, cfg.data.split_seed)
+    per_epoch = math.ceil(len(train) * cfg.data.samples_per_volume / cfg.data.batch_size)
+    return per_epoch * (cfg.trainer.get("check_val_every_n_epoch") or 1)
+
+
+def validation_share(root: Path, settings: Settings, device: torch.device, step_s: float) -> dict:
+    """Validation time per validation, as a share of that time plus the training steps between validations.
+
+    Measured on the bench's validation volumes and scaled to the default config's number of
+    validation volumes (``conf/data/phantom.yaml``); steps between validations from its trainer.
+    """
+    size, batch = settings.steps[0]
+    cfg = bench_config(root, size, batch, settings)
+    datamodule = data_module(cfg)
+    clock = lightning_run(cfg, datamodule, replace(settings, warmup=0, repeats=1), device, validate=True)
+    per_volume = clock.validations[-1] / len(datamodule.val_subjects)
+    cases = OmegaConf.load(CONF / "data" / "phantom.yaml").phantom.cases
+    _, val_cases = split_validation(list(range(cases)), cfg.data.val_fraction, cfg.data.split_seed)
+    validation_s = per_volume * len(val_cases)
+    steps = steps_between_validations(cfg, cases)
+    training_s = steps * step_s
+    return {
+        "seconds_per_volume": per_volume, "volumes": len(val_cases), "validation_s": validation_s,
+        "steps_between": steps, "training_s": training_s, "share": validation_s / (validation_s + training_s),
+    }
+
+
+# --------------------------------------------------------------------------- whole-body prediction
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _time(step: Callable[[], None], repeats: int) -> list[float]:
-    step()  # warm-up: allocator and kernel selection
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def train_step_case(size: tuple[int, int, int], batch: int, channels_last: bool, repeats: int) -> dict:
-    """One optimiser step of the paper's U-Net with the composite loss."""
-    torch.manual_seed(0)
-    net = UNet3D()
-    image = torch.randn(batch, 1, *size)
-    box = torch.zeros_like(image)
-    box[..., size[0] // 4 : size[0] // 2, size[1] // 4 : size[1] // 2, size[2] // 4 : size[2] // 2] = 1
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last_3d)
-        image = image.contiguous(memory_format=torch.channels_last_3d)
-    loss_fn = CompositeLoss()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-
-    def step() -> None:
-        probs = net.probabilities(image)
-        loss = loss_fn(image, probs, box)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return {"seconds": _time(step, repeats)}
-
-
-def inference_case(size: tuple[int, int, int], window: tuple[int, int, int], repeats: int) -> dict:
-    """Sliding-window prediction of a whole volume."""
+def _prediction_case(queue, net: dict, loss: dict, precision: str, settings: Settings, threads: int, device: str) -> None:
     from wspet.inference import predict_probabilities
     from wspet.module import LesionSegmenter
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = LesionSegmenter(net={}, loss={"_target_": "wspet.losses.DiceLoss"})
-    image = np.random.default_rng(0).gamma(2.0, 0.5, size=size).astype(np.float32)
-    overlap = tuple(w // 8 * 2 for w in window)  # a quarter of the window, even
+    model = LesionSegmenter(net=net, loss=loss).to(device)
+    image = np.random.default_rng(0).gamma(2.0, 0.5, size=settings.volume).astype(np.float32)
 
     def step() -> None:
-        predict_probabilities(model, image, np.eye(4), window=window, overlap=overlap, batch_size=1)
+        predict_probabilities(model, image, np.eye(4), settings.window, settings.overlap, batch_size=2, precision=precision)
 
-    return {"seconds": _time(step, repeats)}
-
-
-def _run_case(queue, name: str, kind: str, kwargs: dict, threads: int) -> None:
-    torch.set_num_threads(threads)
-    result = (train_step_case if kind == "train" else inference_case)(**kwargs)
-    result.update(name=name, peak_rss_mb=_peak_rss_mb())
+    seconds = median_seconds(step, 1, settings.prediction_repeats, torch.device(device))
+    result = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+    if device == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     queue.put(result)
 
 
-def run_case(name: str, kind: str, threads: int, **kwargs) -> dict:
+def prediction(cfg: DictConfig, precision: str, settings: Settings, threads: int, device: torch.device) -> dict:
+    """Whole-body prediction in a process of its own, so that its peak memory is its own."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_run_case, args=(queue, name, kind, kwargs, threads))
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    loss = OmegaConf.to_container(cfg.loss.module, resolve=True)
+    process = context.Process(target=_prediction_case, args=(queue, net, loss, precision, settings, threads, device.type))
     process.start()
     result = queue.get()
     process.join()
-    result["median_s"] = statistics.median(result["seconds"])
     return result
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def machine(threads: int, auto: PrecisionChoice) -> dict:
+    flags = read_cpu_flags()
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_flags": " ".join(f for f in ISA_FLAGS if f in flags) or "none recognised",
+        "threads": threads,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "auto_precision": auto.precision,
+        "auto_reason": auto.reason,
+    }
+
+
+def run(settings: Settings, threads: int) -> dict:
+    """Every measurement of the bench; see the module docstring."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    load_before = os.getloadavg()
+    base = bench_config(Path("unused"), *settings.steps[0], settings)
+    device = torch.device(device_type(base.trainer.accelerator))
+    auto = resolve_precision("auto", device.type)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "phantom"
+        write_phantom_dataset(root, n_train=settings.cases, n_test=1, seed=0, shape=settings.phantom_shape)
+        cases = []
+        for size, batch in settings.steps:
+            cases.append(progress(f"steps {size} b{batch}", step_case, root, size, batch, settings, device, auto))
+        cfg = bench_config(root, *settings.steps[0], settings)
+        datamodule = data_module(cfg)
+        image, target = first_batch(datamodule, cfg.loss.supervision, device)
+        step_s = cases[0]["auto"]["full_s"]
+        batch = cases[0]["batch"]
+        samples_per_s = progress("loader", loader_rate, datamodule, settings)
+        losses = progress("losses", loss_seconds, image, target, settings)
+        result = {
+            "machine": machine(threads, auto),
+            "steps": cases,
+            "throughput": progress("throughput", throughput, cfg, cases, image, target, settings, auto),
+            "loader": {"samples_per_s": samples_per_s, "step_samples_per_s": batch / step_s, "loader_over_step": samples_per_s * step_s / batch},
+            "losses": {name: {"seconds": s, "share_of_step": s / step_s} for name, s in losses.items()},
+            "validation": progress("validation", validation_share, root, settings, device, step_s),
+        }
+    predictions = {"fp32": progress("prediction fp32", prediction, cfg, FP32, settings, threads, device)}
+    if auto.precision == FP32:
+        predictions["auto"] = predictions["fp32"]
+    else:
+        predictions["auto"] = progress("prediction auto", prediction, cfg, "auto", settings, threads, device)
+    result["prediction"] = {
+        "volume": list(settings.volume), "window": list(settings.window), **predictions,
+        "auto_speedup": predictions["fp32"]["seconds"] / predictions["auto"]["seconds"],
+    }
+    load_after = os.getloadavg()
+    result["machine"]["load_average"] = f"{load_before[0]:.2f} {load_before[1]:.2f} / {load_after[0]:.2f} {load_after[1]:.2f}"
+    result["checks"] = checks(result)
+    return result
+
+
+def progress(name: str, measure: Callable, *args):
+    """``measure(*args)``, its duration reported on stderr (a bench run takes minutes)."""
+    start = time.perf_counter()
+    result = measure(*args)
+    print(f"[bench] {name}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    return result
+
+
+def checks(result: dict) -> dict[str, bool]:
+    """The targets of docs/performance.md, true where this run meets them."""
+    bf16_cpu = "avx512_bf16" in result["machine"]["isa_flags"] or "amx_bf16" in result["machine"]["isa_flags"]
+    worst = max(case[p]["full_over_bare"] for case in result["steps"] for p in ("fp32", "auto"))
+    verdicts = {
+        f"full step / bare step <= {FULL_OVER_BARE_LIMIT}": worst <= FULL_OVER_BARE_LIMIT,
+        "auto not slower than fp32": all(case["auto_speedup"] >= 1 / FULL_OVER_BARE_LIMIT for case in result["steps"]),
+        "auto step >= 60% of its matmul": result["throughput"]["auto"]["fraction_of_matmul"] >= 0.6,
+        "validation <= 10% of training": result["validation"]["share"] <= 0.10,
+        "prediction < 4 GB": max(result["prediction"][p]["peak_rss_mb"] for p in ("fp32", "auto")) < 4096,
+    }
+    if bf16_cpu:
+        verdicts["auto step >= 2.2x fp32 (AVX512-BF16)"] = result["steps"][0]["auto_speedup"] >= 2.2
+        verdicts["prediction <= 5 s (AVX512-BF16)"] = result["prediction"]["auto"]["seconds"] <= 5
+    return verdicts
+
+
+# Every figure of the JSON: dotted paths, ``*`` standing for each step case, each loss, each precision.
+FIELDS = (
+    "machine.torch", "machine.cpu_capability", "machine.isa_flags", "machine.threads", "machine.auto_precision",
+    "steps.*.fp32.bare_s", "steps.*.fp32.full_s", "steps.*.fp32.full_over_bare",
+    "steps.*.auto.bare_s", "steps.*.auto.full_s", "steps.*.auto.full_over_bare",
+    "steps.*.auto_speedup", "steps.*.auto_channels_last_bare_s", "steps.*.channels_last_speedup",
+    "throughput.step_gflop", "throughput.*.step_gflop_per_s", "throughput.*.matmul_gflop_per_s",
+    "throughput.*.fraction_of_matmul",
+    "loader.samples_per_s", "loader.step_samples_per_s", "loader.loader_over_step",
+    "losses.*.seconds", "losses.*.share_of_step",
+    "validation.seconds_per_volume", "validation.validation_s", "validation.training_s", "validation.share",
+    "prediction.fp32.seconds", "prediction.fp32.peak_rss_mb", "prediction.auto.seconds", "prediction.auto.peak_rss_mb",
+    "prediction.auto_speedup",
+)
+
+
+def missing_or_not_positive(result: dict, fields: tuple[str, ...] = FIELDS) -> list[str]:
+    """The dotted paths of ``fields`` that ``result`` lacks, or where it holds no positive number or text."""
+    bad = []
+    for field in fields:
+        for path, value in _lookup(result, field.split("."), ""):
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0 or isinstance(value, str) and value):
+                bad.append(f"{path.lstrip('.')}={value!r}")
+    return bad
+
+
+def _lookup(node, keys: list[str], path: str):
+    if not keys:
+        yield path, node
+        return
+    key, rest = keys[0], keys[1:]
+    if key == "*":
+        children = list(enumerate(node)) if isinstance(node, list) else list(node.items()) if isinstance(node, dict) else []
+        if not children:
+            yield f"{path}.*", None
+        for name, child in children:
+            if isinstance(node, list) or isinstance(child, dict):
+                yield from _lookup(child, rest, f"{path}.{name}")
+        return
+    if not isinstance(node, dict) or key not in node:
+        yield f"{path}.{key}", None
+        return
+    yield from _lookup(node[key], rest, f"{path}.{key}")
+
+
+def table(result: dict) -> str:
+    """The run as a plain-text table."""
+    lines = [f"torch {result['machine']['torch']}, {result['machine']['threads']} threads, {result['machine']['device']}, "
+             f"ISA: {result['machine']['isa_flags']} ({result['machine']['cpu_capability']}); "
+             f"auto = {result['machine']['auto_precision']} ({result['machine']['auto_reason']})"]
+    lines.append(f"{'step':<16}{'fp32 bare':>10}{'fp32 full':>10}{'ratio':>7}{'auto bare':>10}{'auto full':>10}{'ratio':>7}"
+                 f"{'auto/fp32':>10}{'+ch.last':>9}")
+    for case in result["steps"]:
+        fp32, auto = case["fp32"], case["auto"]
+        lines.append(f"{'x'.join(map(str, case['size'])) + ' b' + str(case['batch']):<16}{fp32['bare_s']:>9.3f}s{fp32['full_s']:>9.3f}s"
+                     f"{fp32['full_over_bare']:>7.2f}{auto['bare_s']:>9.3f}s{auto['full_s']:>9.3f}s{auto['full_over_bare']:>7.2f}"
+                     f"{case['auto_speedup']:>9.2f}x{case['channels_last_speedup']:>8.2f}x")
+    flops = result["throughput"]
+    for name in ("fp32", "auto"):
+        lines.append(f"{name} step {flops[name]['step_gflop_per_s']:.0f} GFLOP/s = {flops[name]['fraction_of_matmul']:.0%} of a "
+                     f"matmul's {flops[name]['matmul_gflop_per_s']:.0f} ({flops['step_gflop']:.1f} GFLOP per step)")
+    loader = result["loader"]
+    lines.append(f"loader {loader['samples_per_s']:.1f} samples/s, step consumes {loader['step_samples_per_s']:.1f} "
+                 f"({loader['loader_over_step']:.1f}x)")
+    lines.append("losses, share of the auto step: " + ", ".join(f"{n} {v['share_of_step']:.1%}" for n, v in result["losses"].items()))
+    val = result["validation"]
+    lines.append(f"validation {val['validation_s']:.1f} s per {val['steps_between']} steps ({val['training_s']:.1f} s): "
+                 f"{val['share']:.1%}")
+    pred = result["prediction"]
+    lines.append(f"prediction {'x'.join(map(str, pred['volume']))}: fp32 {pred['fp32']['seconds']:.2f} s "
+                 f"{pred['fp32']['peak_rss_mb']:.0f} MB, auto {pred['auto']['seconds']:.2f} s {pred['auto']['peak_rss_mb']:.0f} MB")
+    lines.append(f"load average (1 and 5 min, before / after): {result['machine']['load_average']}")
+    lines += [f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in result["checks"].items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wspet.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="smaller volumes, for a check of the harness")
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (under 2 minutes on 2 cores)")
+    parser.add_argument("--repeats", type=int, help="timed runs per figure (default 5, quick 3)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)")
+    parser.add_argument("--out", help="write the results as JSON to this new file")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (model.net.norm=instance ...)")
     args = parser.parse_args(argv)
-    patch = (32, 32, 32) if args.quick else (64, 64, 64)
-    volume = (64, 64, 48) if args.quick else (128, 128, 267)  # the whole-body STS_001 grid
-    window = (32, 32, 32) if args.quick else (96, 96, 64)
-    cases = [
-        ("train step fp32", "train", {"size": patch, "batch": 1, "channels_last": False}),
-        ("train step fp32 channels_last_3d", "train", {"size": patch, "batch": 1, "channels_last": True}),
-        ("sliding-window inference", "inference", {"size": volume, "window": window}),
-    ]
-    results = []
-    for name, kind, kwargs in cases:
-        result = run_case(name, kind, args.threads, repeats=args.repeats, **kwargs)
-        results.append(result)
-        print(f"{name:<36} median {result['median_s']:7.2f} s  peak RSS {result['peak_rss_mb']:7.0f} MB  ({kwargs})")
-    ratio = results[0]["median_s"] / results[1]["median_s"]
-    print(f"channels_last_3d speed-up over fp32 (same run): {ratio:.2f}x")
-    if args.json:
+    if args.out and Path(args.out).exists():
+        parser.error(f"--out {args.out}: exists; name a new file")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: needs at least 1")
+    settings = QUICK if args.quick else FULL
+    settings = replace(settings, repeats=args.repeats or settings.repeats, overrides=tuple(args.overrides))
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "wspet"):  # one trainer per figure: no chatter
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    start = time.perf_counter()
+    result = run(settings, args.threads)
+    result["command"] = " ".join(["python -m wspet.bench", *(argv if argv is not None else sys.argv[1:])])
+    result["seconds"] = time.perf_counter() - start
+    print(table(result))
+    print(f"bench took {result['seconds']:.0f} s")
+    for problem in missing_or_not_positive(result):
+        print(f"WARNING: no positive figure for {problem}")
+    if args.out:
         from wspet.io import write_text
 
-        write_text(args.json, json.dumps(results, indent=2) + "\n")
+        write_text(args.out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
     return 0
 
 
