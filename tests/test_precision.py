@@ -79,3 +79,20 @@ def test_the_trainer_gets_the_resolved_precision(flags, expected, train_config, 
     assert cfg.trainer.precision == "auto"  # the default
     trainer = wspet.training.build_trainer(cfg, callbacks=[], loggers=[], stage_dir=tmp_path)
     assert trainer.precision == expected
+
+
+def test_probabilities_and_losses_stay_float32_under_bf16_autocast():
+    from wspet.losses import CompositeLoss
+    from wspet.module import LesionSegmenter
+
+    torch.manual_seed(0)
+    model = LesionSegmenter(net={"features": [4, 8]}, loss={"_target_": "wspet.losses.DiceLoss"})
+    image = torch.randn(2, 1, 16, 16, 16)
+    box = torch.zeros_like(image)
+    box[..., 4:12, 4:12, 4:12] = 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model.net(image)
+        probs = model(image)
+        terms = CompositeLoss()(image, probs, box)
+    assert logits.dtype == torch.bfloat16  # the convolutions do run in bf16
+    assert probs.dtype == torch.float32 and all(value.dtype == torch.float32 for value in terms.values())

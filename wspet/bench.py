@@ -76,6 +76,9 @@ class Settings:
     cases: int  # phantom volumes written for the run (a fifth validate)
     phantom_shape: tuple[int, int, int]
     overrides: tuple[str, ...] = ()  # Hydra overrides of conf/train.yaml, e.g. model.net.norm=instance
+    # wall: elapsed seconds. cpu: this process's CPU seconds, which other processes sharing the
+    # cores do not inflate; meaningful with one thread (idle OpenMP threads spin, counting as CPU time).
+    clock: str = "wall"
 
 
 # The training shape of conf/data/phantom.yaml and 96^3; the whole-body STS_001 grid.
@@ -99,17 +102,24 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(step: Callable[[], object], warmup: int, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``step`` over ``repeats`` calls after ``warmup`` (allocator, kernel choice)."""
-    for _ in range(warmup):
+def now(clock: str) -> float:
+    """Seconds by ``clock`` (``wall`` or ``cpu``, see :class:`Settings`)."""
+    return time.process_time() if clock == "cpu" else time.perf_counter()
+
+
+def median_seconds(
+    step: Callable[[], object], settings: Settings, device: torch.device, warmup: int | None = None, repeats: int | None = None
+) -> float:
+    """Median time of ``step`` over ``repeats`` calls after ``warmup`` (allocator, kernel choice); ``settings``' by default."""
+    for _ in range(settings.warmup if warmup is None else warmup):
         step()
     times = []
-    for _ in range(repeats):
+    for _ in range(settings.repeats if repeats is None else repeats):
         synchronise(device)
-        start = time.perf_counter()
+        start = now(settings.clock)
         step()
         synchronise(device)
-        times.append(time.perf_counter() - start)
+        times.append(now(settings.clock) - start)
     return statistics.median(times)
 
 
@@ -187,17 +197,18 @@ def bare_step(cfg: DictConfig, image: torch.Tensor, target: torch.Tensor) -> Cal
 
 
 class StepClock(L.Callback):
-    """Wall-clock ends of training batches and durations of validation epochs."""
+    """Clock readings at the ends of training batches, and durations of validation epochs."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock: str) -> None:
         self.device = device
+        self.clock = clock
         self.batch_ends: list[float] = []
         self.validations: list[float] = []
         self._validation_start = 0.0
 
     def _now(self) -> float:
         synchronise(self.device)
-        return time.perf_counter()
+        return now(self.clock)
 
     def on_train_batch_end(self, *args) -> None:
         self.batch_ends.append(self._now())
@@ -221,7 +232,7 @@ def lightning_run(cfg: DictConfig, datamodule: PetDataModule, settings: Settings
             val_check_interval=None, check_val_every_n_epoch=1, num_sanity_val_steps=0, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False,
         )
-    clock = StepClock(device)
+    clock = StepClock(device, settings.clock)
     model = build_model(cfg, torch.device("cpu"))
     with tempfile.TemporaryDirectory() as folder:
         trainer = build_trainer(run_cfg, [clock], [], Path(folder))
@@ -242,14 +253,14 @@ def step_case(root: Path, size: tuple, batch: int, settings: Settings, device: t
         cfg = bench_config(root, size, batch, settings, precision)
         datamodule = data_module(cfg)
         image, target = first_batch(datamodule, cfg.loss.supervision, device)
-        bare = median_seconds(bare_step(cfg, image, target), settings.warmup, settings.repeats, device)
+        bare = median_seconds(bare_step(cfg, image, target), settings, device)
         full = full_step_seconds(lightning_run(cfg, datamodule, settings, device, validate=False), settings.warmup)
         case[name] = {"bare_s": bare, "full_s": full, "full_over_bare": full / bare}
     case.setdefault("auto", case["fp32"])
     case["auto_speedup"] = case["fp32"]["bare_s"] / case["auto"]["bare_s"]
     channels_last = bench_config(root, size, batch, settings, "auto", channels_last=True)
     step = bare_step(channels_last, image, target)
-    case["auto_channels_last_bare_s"] = median_seconds(step, settings.warmup, settings.repeats, device)
+    case["auto_channels_last_bare_s"] = median_seconds(step, settings, device)
     case["channels_last_speedup"] = case["auto"]["bare_s"] / case["auto_channels_last_bare_s"]
     return case
 
@@ -270,7 +281,7 @@ def matmul_gflop_per_s(size: int, dtype: torch.dtype, settings: Settings, device
     """GFLOP/s of a ``size`` x ``size`` matrix product in ``dtype``: the machine's ceiling for that precision."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    seconds = median_seconds(lambda: a @ b, settings.warmup, settings.repeats, device)
+    seconds = median_seconds(lambda: a @ b, settings, device)
     return 2 * size**3 / seconds / 1e9
 
 
@@ -292,9 +303,9 @@ def loader_rate(datamodule: PetDataModule, settings: Settings) -> float:
     """Training samples per second the data loader delivers, over whole epochs (queue fills included)."""
     rates = []
     for _ in range(1 + settings.repeats):  # the first epoch warms up
-        start = time.perf_counter()
+        start = now(settings.clock)
         samples = sum(batch["image"]["data"].shape[0] for batch in datamodule.train_dataloader())
-        rates.append(samples / (time.perf_counter() - start))
+        rates.append(samples / (now(settings.clock) - start))
     return statistics.median(rates[1:])
 
 
@@ -312,7 +323,7 @@ def loss_seconds(image: torch.Tensor, target: torch.Tensor, settings: Settings) 
             loss_fn(image, torch.sigmoid(logits), target)["loss"].backward()
             logits.grad = None
 
-        seconds[spec.get("name", path.stem)] = median_seconds(step, settings.warmup, settings.repeats, image.device)
+        seconds[spec.get("name", path.stem)] = median_seconds(step, settings, image.device)
     return seconds
 
 
@@ -367,7 +378,7 @@ def _prediction_case(queue, net: dict, loss: dict, precision: str, settings: Set
     def step() -> None:
         predict_probabilities(model, image, np.eye(4), settings.window, settings.overlap, batch_size=2, precision=precision)
 
-    seconds = median_seconds(step, 1, settings.prediction_repeats, torch.device(device))
+    seconds = median_seconds(step, settings, torch.device(device), 1, settings.prediction_repeats)
     result = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
     if device == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -444,6 +455,7 @@ def run(settings: Settings, threads: int) -> dict:
         "auto_speedup": predictions["fp32"]["seconds"] / predictions["auto"]["seconds"],
     }
     load_after = os.getloadavg()
+    result["machine"]["clock"] = settings.clock
     result["machine"]["load_average"] = f"{load_before[0]:.2f} {load_before[1]:.2f} / {load_after[0]:.2f} {load_after[1]:.2f}"
     result["checks"] = checks(result)
     return result
@@ -556,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="timed runs per figure (default 5, quick 3)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads (default: all cores)")
     parser.add_argument("--out", help="write the results as JSON to this new file")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: time by this process's CPU seconds, for a machine others share (use --threads 1)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml (model.net.norm=instance ...)")
     args = parser.parse_args(argv)
     if args.out and Path(args.out).exists():
@@ -563,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: needs at least 1")
     settings = QUICK if args.quick else FULL
-    settings = replace(settings, repeats=args.repeats or settings.repeats, overrides=tuple(args.overrides))
+    settings = replace(settings, repeats=args.repeats or settings.repeats, overrides=tuple(args.overrides), clock=args.clock)
     logging.basicConfig(level=logging.WARNING)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "wspet"):  # one trainer per figure: no chatter
         logging.getLogger(name).setLevel(logging.ERROR)
