@@ -62,43 +62,44 @@ def configured_callbacks(callbacks_cfg: DictConfig | None) -> list[Callback]:
 
 
 class ValidationHistory(Callback):
-    """Every validation's ``val/*`` values by epoch, kept in the checkpoints (so resumed and cached stages have it)."""
+    """Every validation's ``val/*`` values by global step, kept in the checkpoints (so resumed and cached
+    stages have it). Keyed by step: under a step budget several validations may fall in one epoch."""
 
     def __init__(self) -> None:
-        self.epochs: dict[int, dict[str, float]] = {}
+        self.steps: dict[int, dict[str, float]] = {}
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        self.epochs[trainer.current_epoch] = values | {"step": float(trainer.global_step)}
+        self.steps[trainer.global_step] = values | {"epoch": float(trainer.current_epoch)}
 
     def state_dict(self) -> dict:
-        return {"epochs": dict(self.epochs)}
+        return {"steps": dict(self.steps)}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.epochs = dict(state_dict.get("epochs", {}))
+        self.steps = dict(state_dict.get("steps", {}))
 
 
 def best_validation(checkpoint_path: str | Path, metric: str, monitor: str, mode: str) -> dict:
     """``metric`` at the validation the checkpoint monitor chose (best ``monitor`` by ``mode``, first of ties).
 
-    Returns ``{"metric", "value", "epoch", "selected_by", "curves"}``; value and epoch are None when the
-    checkpoint holds no validation or the metric was not logged. ``curves``: the stage folder whose
+    Returns ``{"metric", "value", "step", "epoch", "selected_by", "curves"}``; value, step and epoch are
+    None when the checkpoint holds no validation (value also when the metric was not logged). ``curves``: the stage folder whose
     logs hold the training curves (another run's for a stage reused from the stage cache).
     """
     saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    epochs = saved.get("callbacks", {}).get(ValidationHistory.__qualname__, {}).get("epochs", {})
+    steps = saved.get("callbacks", {}).get(ValidationHistory.__qualname__, {}).get("steps", {})
     curves = (saved.get(CURVES_KEY) or {}).get("stage_dir")
-    scored = [(epoch, values) for epoch, values in sorted(epochs.items()) if math.isfinite(values.get(monitor, math.nan))]
+    scored = [(step, values) for step, values in sorted(steps.items()) if math.isfinite(values.get(monitor, math.nan))]
     if not scored:
-        scored = sorted(epochs.items())[-1:]  # no monitored value (e.g. fast_dev_run): the last validation
-    result = {"metric": metric, "value": None, "epoch": None, "selected_by": f"{mode} {monitor}", "curves": curves}
+        scored = sorted(steps.items())[-1:]  # no monitored value (e.g. fast_dev_run): the last validation
+    result = {"metric": metric, "value": None, "step": None, "epoch": None, "selected_by": f"{mode} {monitor}", "curves": curves}
     if not scored:
         return result
     sign = -1.0 if mode == "max" else 1.0
-    epoch, values = min(scored, key=lambda item: sign * item[1].get(monitor, 0.0))
-    return result | {"value": values.get(metric), "epoch": int(epoch)}
+    step, values = min(scored, key=lambda item: sign * item[1].get(monitor, 0.0))
+    return result | {"value": values.get(metric), "step": int(step), "epoch": int(values["epoch"])}
 
 
 class CurvesOrigin(Callback):
