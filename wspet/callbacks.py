@@ -135,7 +135,7 @@ class ProgressLines(ProgressBar):
         self.started, self.first_step = time.monotonic(), trainer.global_step
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.enabled and not trainer.sanity_checking:
+        if self.enabled and not trainer.sanity_checking and trainer.is_global_zero:
             log.info(progress_line(trainer, time.monotonic() - self.started, trainer.global_step - self.first_step))
 
 
