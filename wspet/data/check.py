@@ -32,7 +32,7 @@ from wspet.data.format import (
     scan_dataset,
 )
 
-SUPERVISIONS = ("box", "label")
+SUPERVISIONS = ("box", "label", "pseudo")
 DEFAULT_MAX_SPACING_RATIO = 1.2
 
 
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("data", help="dataset folder holding dataset.json")
     parser.add_argument("--supervision", choices=SUPERVISIONS, default="box",
-                        help="box: weak training from boxes (default); label: full supervision")
+                        help="box: weak training from boxes (default); pseudo: from labels made in the boxes; label: full supervision")
     parser.add_argument("--box-margin-mm", type=float, default=5.0,
                         help="margin of boxes derived from labels (data.box_margin_mm)")
     parser.add_argument("--max-spacing-ratio", type=float, default=DEFAULT_MAX_SPACING_RATIO,

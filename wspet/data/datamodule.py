@@ -12,13 +12,13 @@ import torch
 import torchio as tio
 
 from wspet.data.boxes import boxes_to_mask
+from wspet.data.check import SUPERVISIONS
 from wspet.data.format import CaseEntry, DatasetError, case_boxes, load_image, load_label, read_dataset
 from wspet.data.preprocessing import Preprocessing
+from wspet.data.pseudo_labels import pseudo_label
 from wspet.data.sampling import BoxCentredSampler
 
 log = logging.getLogger(__name__)
-
-SUPERVISIONS = ("box", "label")
 
 
 def split_validation(cases: Sequence[CaseEntry], fraction: float, seed: int) -> tuple[list, list]:
@@ -34,8 +34,11 @@ def split_validation(cases: Sequence[CaseEntry], fraction: float, seed: int) -> 
     return [cases[i] for i in train], [cases[i] for i in val]
 
 
-def make_subject(case: CaseEntry, *, read_label: bool, box_margin_mm: float) -> tio.Subject:
-    """A TorchIO subject with ``image``, ``box`` and, when ``read_label``, ``label``.
+def make_subject(
+    case: CaseEntry, *, read_label: bool, box_margin_mm: float, pseudo_labels: dict | None = None
+) -> tio.Subject:
+    """A TorchIO subject with ``image``, ``box``, when ``read_label`` ``label``, and with
+    ``pseudo_labels`` (keyword arguments of :func:`~wspet.data.pseudo_labels.pseudo_label`) ``pseudo``.
 
     The label file is otherwise read only when the case has no boxes, to derive them.
     Tensors are decoded once here and kept in memory (the volumes are small).
@@ -51,6 +54,9 @@ def make_subject(case: CaseEntry, *, read_label: bool, box_margin_mm: float) -> 
         "box": tio.LabelMap(tensor=torch.from_numpy(box)[None], affine=image.affine),
         "name": case.name,
     }
+    if pseudo_labels is not None:
+        pseudo = pseudo_label(image.array, boxes, **pseudo_labels)
+        fields["pseudo"] = tio.LabelMap(tensor=torch.from_numpy(pseudo)[None], affine=image.affine)
     if read_label and label is not None:
         fields["label"] = tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=image.affine)
     return tio.Subject(fields)
@@ -67,7 +73,10 @@ class PetDataModule(L.LightningDataModule):
     Args:
         root: dataset folder (docs/dataset_format.md).
         supervision: ``box`` (weak: training labels are never read, except to derive missing
-            boxes) or ``label`` (full supervision).
+            boxes), ``pseudo`` (weak: labels made from the boxes, batch key ``pseudo``) or
+            ``label`` (full supervision).
+        pseudo_labels: how ``pseudo`` labels are made (keyword arguments of
+            :func:`~wspet.data.pseudo_labels.pseudo_label`); used with ``supervision="pseudo"``.
         volume_size: every volume is cropped or padded to this size (the paper's 160x160x128),
             after resampling to ``target_spacing``.
         patch_size: training patch size, at most ``volume_size``; equal sizes train on whole
@@ -98,6 +107,7 @@ class PetDataModule(L.LightningDataModule):
         target_spacing: Sequence[float] | None = None,
         intensity: str = "zscore",
         suv_scale: float = 1.0,
+        pseudo_labels: dict | None = None,
     ) -> None:
         super().__init__()
         self.prepare = Preprocessing(
@@ -108,6 +118,7 @@ class PetDataModule(L.LightningDataModule):
             raise ValueError(f"supervision {supervision!r} is not one of {SUPERVISIONS}")
         self.root = Path(root)
         self.supervision = supervision
+        self.pseudo_labels = (pseudo_labels or {}) if supervision == "pseudo" else None
         self.volume_size = tuple(int(s) for s in volume_size)
         self.patch_size = tuple(int(s) for s in patch_size)
         if len(self.volume_size) != 3 or len(self.patch_size) != 3:
@@ -149,7 +160,9 @@ class PetDataModule(L.LightningDataModule):
         return [round(float(s), 6) for s in np.median(spacings, axis=0)]
 
     def _subject(self, case: CaseEntry, read_label: bool) -> tio.Subject:
-        subject = make_subject(case, read_label=read_label, box_margin_mm=self.box_margin_mm)
+        subject = make_subject(
+            case, read_label=read_label, box_margin_mm=self.box_margin_mm, pseudo_labels=self.pseudo_labels
+        )
         if self.supervision == "label" and "label" not in subject:
             raise DatasetError(case.image, [f"{case.name} has no label, needed for full supervision"])
         return subject

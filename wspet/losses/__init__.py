@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from wspet.losses.composite import CompositeLoss, composite_loss
 from wspet.losses.dice import DiceLoss, dice_loss
+from wspet.losses.dice_ce import DiceCELoss, dice_ce_loss
 from wspet.losses.modified_dice import ModifiedDiceLoss, modified_dice_loss
 from wspet.losses.mumford_shah import MumfordShahLoss, mumford_shah_loss
 
 __all__ = [
     "CompositeLoss",
+    "DiceCELoss",
     "DiceLoss",
     "ModifiedDiceLoss",
     "MumfordShahLoss",
     "composite_loss",
+    "dice_ce_loss",
     "dice_loss",
     "modified_dice_loss",
     "mumford_shah_loss",

@@ -1,0 +1,88 @@
+"""Pseudo-labels made inside boxes: lesions recovered, background outside boxes, uncertain voxels ignored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wspet.data.pseudo_labels import BACKGROUND, IGNORE, LESION, METHODS, pseudo_label
+from wspet.losses.dice_ce import IGNORE_INDEX
+
+
+def sphere_scan(shape=(40, 40, 30), centre=(20, 18, 14), radius=5.0, uptake=8.0, seed=0):
+    """A noisy SUV volume (background ~1) holding one hot sphere; returns (image, truth)."""
+    grid = np.indices(shape).astype(np.float32)
+    distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
+    truth = distance <= radius
+    rng = np.random.default_rng(seed)
+    image = 1.0 + 0.1 * rng.standard_normal(shape).astype(np.float32) + uptake * truth
+    return image, truth
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_recovers_a_sphere_in_a_coarse_box(method):
+    image, truth = sphere_scan()
+    label = pseudo_label(image, [[12, 10, 6, 29, 27, 23]], method=method, band=0.0, ignore_box_edge=False)
+    assert dice(label == LESION, truth) > 0.9
+
+
+def test_outside_every_box_is_background_even_where_uptake_is_high():
+    image, _ = sphere_scan()
+    image[0:5, 0:5, 0:5] = 50.0  # an organ outside the box
+    label = pseudo_label(image, [[12, 10, 6, 29, 27, 23]])
+    outside = np.ones(image.shape, bool)
+    outside[12:29, 10:27, 6:23] = False
+    assert np.all(label[outside] == BACKGROUND)
+
+
+def test_only_the_component_at_the_box_peak_is_lesion():
+    image, truth = sphere_scan()
+    image[12:14, 10:12, 6:8] = 6.0  # another hot corner cut by the same box, cooler than the lesion
+    label = pseudo_label(image, [[12, 10, 6, 29, 27, 23]], band=0.0, ignore_box_edge=False)
+    assert not np.any(label[12:14, 10:12, 6:8] == LESION)
+    assert dice(label == LESION, truth) > 0.9
+
+
+def test_voxels_near_the_threshold_and_lesion_on_the_box_edge_are_ignored():
+    image, _ = sphere_scan()
+    box = [12, 10, 6, 29, 27, 23]
+    threshold = 0.41 * image[12:29, 10:27, 6:23].max()
+    image[20, 18, 18] = threshold * 1.02  # just above the threshold, inside the sphere's reach
+    label = pseudo_label(image, [box], method="fraction", band=0.1)
+    assert label[20, 18, 18] == IGNORE
+    tight = [15, 13, 9, 26, 24, 20]  # cuts through the sphere: its faces hold lesion voxels
+    edged = pseudo_label(image, [tight], method="fraction", band=0.0, ignore_box_edge=True)
+    assert np.all(edged[15, 13:24, 9:20] != LESION) and np.any(edged[15, 13:24, 9:20] == IGNORE)
+    assert np.any(edged[16:25, 14:23, 10:19] == LESION)
+
+
+def test_ignore_value_is_the_losses_ignore_index():
+    assert IGNORE == IGNORE_INDEX
+
+
+@given(seed=st.integers(0, 10_000), corner=st.tuples(st.integers(0, 10), st.integers(0, 10), st.integers(0, 5)))
+@settings(max_examples=25, deadline=None)
+def test_lesion_and_ignored_voxels_lie_inside_the_boxes(seed, corner):
+    rng = np.random.default_rng(seed)
+    image = rng.gamma(2.0, 1.0, (24, 24, 16)).astype(np.float32)
+    i, j, k = corner
+    box = [i, j, k, i + 8, j + 9, k + 7]
+    label = pseudo_label(image, [box], method=["otsu", "fraction"][seed % 2])
+    inside = np.zeros(image.shape, bool)
+    inside[i:i + 8, j:j + 9, k:k + 7] = True
+    assert set(np.unique(label)) <= {BACKGROUND, LESION, IGNORE}
+    assert np.all(label[~inside] == BACKGROUND)
+
+
+def test_a_box_without_uptake_labels_nothing_and_bad_settings_are_refused():
+    assert not np.any(pseudo_label(np.zeros((8, 8, 8), np.float32), [[1, 1, 1, 6, 6, 6]]) == LESION)
+    with pytest.raises(ValueError, match="'watershed'"):
+        pseudo_label(np.ones((8, 8, 8)), [[1, 1, 1, 6, 6, 6]], method="watershed")
+    with pytest.raises(ValueError, match="fraction 1.5"):
+        pseudo_label(np.ones((8, 8, 8)), [], fraction=1.5)

@@ -1,0 +1,128 @@
+"""Pseudo-labels from boxes: a lesion mask made inside each training box, with uncertain voxels marked.
+
+A box says "the lesion is in here, and nowhere else". Inside a box, FDG uptake separates lesion
+from background well enough that a classical method (a fixed fraction of the box's SUVmax, Otsu's
+threshold, or a Chan-Vese level set) makes a usable label; outside every box the label is
+background. Voxels whose label is uncertain are marked :data:`IGNORE` so that the loss skips them:
+
+- voxels whose intensity lies within ``band`` (a fraction of the threshold) of the threshold;
+- foreground voxels on the box's outermost layer, where a coarse box may cut through the lesion
+  or through neighbouring uptake.
+
+Arrays are ``(I, J, K)`` as nibabel loads them; boxes are half-open voxel boxes
+``[i0, j0, k0, i1, j1, k1]`` (docs/dataset_format.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+from skimage.segmentation import morphological_chan_vese
+
+from wspet.losses.dice_ce import IGNORE_INDEX as IGNORE
+
+BACKGROUND, LESION = 0, 1
+METHODS = ("otsu", "fraction", "chan_vese")
+
+
+def box_threshold(values: np.ndarray, method: str, fraction: float = 0.41) -> float:
+    """The lesion/background intensity threshold inside one box (``values``: its voxels).
+
+    ``fraction``: that share of the box's maximum (the clinical 41% of SUVmax); ``otsu``: Otsu's
+    threshold of the box's histogram; ``chan_vese`` is not a threshold and is refused here.
+    """
+    if method == "fraction":
+        return fraction * float(values.max())
+    if method == "otsu":
+        return float(threshold_otsu(values.ravel())) if values.min() < values.max() else float(values.max())
+    raise ValueError(f"pseudo-label method {method!r} has no threshold; use one of {METHODS}")
+
+
+def box_lesion(values: np.ndarray, method: str, fraction: float = 0.41) -> tuple[np.ndarray, float | None]:
+    """Lesion mask inside one box, and the threshold used (``None`` for Chan-Vese).
+
+    Only the connected component holding the box's hottest voxel is kept: a box is drawn around
+    one lesion, and other uptake it cuts (an organ's edge) is not that lesion.
+    """
+    if method not in METHODS:
+        raise ValueError(f"pseudo-label method {method!r} is not one of {METHODS}")
+    if values.max() <= 0:
+        return np.zeros(values.shape, dtype=bool), None
+    if method == "chan_vese":
+        lesion, threshold = _chan_vese(values), None
+    else:
+        threshold = box_threshold(values, method, fraction)
+        lesion = values >= threshold
+    return _component_at_peak(lesion, values), threshold
+
+
+def _chan_vese(values: np.ndarray) -> np.ndarray:
+    scaled = (values - values.min()) / (values.max() - values.min())
+    start = scaled >= threshold_otsu(scaled.ravel()) if scaled.min() < scaled.max() else scaled > 0
+    mask = morphological_chan_vese(scaled, num_iter=30, init_level_set=start, smoothing=1)
+    # The level set may settle on the background phase: the lesion is the hotter one.
+    if mask.any() and (~mask.astype(bool)).any() and scaled[mask > 0].mean() < scaled[mask == 0].mean():
+        mask = 1 - mask
+    return mask.astype(bool)
+
+
+def _component_at_peak(lesion: np.ndarray, values: np.ndarray) -> np.ndarray:
+    components, count = ndimage.label(lesion)
+    if count <= 1:
+        return lesion
+    peak = np.unravel_index(np.argmax(np.where(lesion, values, -np.inf)), values.shape)
+    return components == components[peak]
+
+
+def pseudo_label(
+    image: np.ndarray,
+    boxes: Sequence[Sequence[int]],
+    method: str = "otsu",
+    fraction: float = 0.41,
+    band: float = 0.1,
+    ignore_box_edge: bool = True,
+) -> np.ndarray:
+    """A ``uint8`` (I, J, K) map: :data:`LESION` inside boxes where the method finds the lesion,
+    :data:`IGNORE` where the label is uncertain, :data:`BACKGROUND` elsewhere.
+
+    Args:
+        image: (I, J, K) PET in SUV (or any unit proportional to it), finite.
+        boxes: half-open voxel boxes inside the image.
+        method: ``otsu``, ``fraction`` (of each box's maximum) or ``chan_vese``.
+        fraction: the share of the box's maximum for ``fraction`` (0.41: the clinical threshold).
+        band: voxels within ``band * threshold`` of the threshold are ignored (0: none).
+        ignore_box_edge: ignore lesion voxels on the box's outermost voxel layer.
+
+    Where boxes overlap, a voxel is lesion if any box finds it lesion, and ignored only if no box
+    finds it lesion and some box finds it uncertain.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"pseudo-label fraction {fraction} is not in (0, 1]")
+    if not 0.0 <= band < 1.0:
+        raise ValueError(f"pseudo-label band {band} is not in [0, 1)")
+    image = np.asarray(image, dtype=np.float32)
+    lesion = np.zeros(image.shape, dtype=bool)
+    uncertain = np.zeros(image.shape, dtype=bool)
+    for box in boxes:
+        i0, j0, k0, i1, j1, k1 = (int(v) for v in box)
+        region = (slice(i0, i1), slice(j0, j1), slice(k0, k1))
+        values = image[region]
+        found, threshold = box_lesion(values, method, fraction)
+        doubt = np.zeros(values.shape, dtype=bool)
+        if threshold is not None and band > 0:
+            doubt |= np.abs(values - threshold) < band * abs(threshold)
+        if ignore_box_edge:
+            doubt |= found & _edge_layer(values.shape)
+        lesion[region] |= found & ~doubt
+        uncertain[region] |= doubt
+    label = np.where(lesion, LESION, np.where(uncertain, IGNORE, BACKGROUND))
+    return label.astype(np.uint8)
+
+
+def _edge_layer(shape: tuple[int, ...]) -> np.ndarray:
+    edge = np.ones(shape, dtype=bool)
+    edge[tuple(slice(1, -1) if n > 2 else slice(0, 0) for n in shape)] = False
+    return edge
