@@ -48,3 +48,21 @@ def test_bf16_autocast_still_returns_float32_probabilities():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         probs = net.probabilities(torch.randn(1, 1, 8, 8, 8))
     assert probs.dtype == torch.float32
+
+
+def test_normalised_variant_uses_instance_norm_and_leaky_relu_and_keeps_state_dict_names():
+    paper, normed = UNet3D(features=(4, 8)), UNet3D(features=(4, 8), norm="instance", activation="leaky_relu")
+    assert sum(isinstance(m, torch.nn.InstanceNorm3d) for m in normed.modules()) == 6  # 2 per level, 3 levels of blocks
+    assert any(isinstance(m, torch.nn.LeakyReLU) for m in normed.modules())
+    assert not any(isinstance(m, torch.nn.SELU) for m in normed.modules())
+    # The paper's net keeps the layer indices its checkpoints were saved with.
+    assert "encoders.0.2.weight" in paper.state_dict() and "encoders.0.3.weight" in normed.state_dict()
+    x = torch.randn(2, 1, 8, 8, 8)
+    # Instance norm: each sample's activations are normalised, so scaling the input barely changes the output.
+    assert torch.allclose(normed(x), normed(10 * x), atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"norm": "batch"}, "norm 'batch'"), ({"activation": "relu"}, "activation 'relu'")])
+def test_unknown_norm_or_activation_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UNet3D(**kwargs)

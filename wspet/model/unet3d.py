@@ -8,13 +8,24 @@ import torch
 from torch import nn
 
 
-def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Two 3x3x3 convolutions with SELU, the unit of every U-Net level."""
+ACTIVATIONS = {"selu": nn.SELU, "leaky_relu": nn.LeakyReLU}
+NORMS = ("none", "instance")
+
+
+def _conv_block(in_channels: int, out_channels: int, norm: str, activation: str) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1)]
+    if norm == "instance":
+        layers.append(nn.InstanceNorm3d(out_channels, affine=True))
+    act = ACTIVATIONS[activation]
+    layers.append(act(inplace=True) if activation == "selu" else act(0.01, inplace=True))
+    return layers
+
+
+def _double_conv(in_channels: int, out_channels: int, norm: str = "none", activation: str = "selu") -> nn.Sequential:
+    """Two 3x3x3 convolutions, each with its normalisation and activation: the unit of every U-Net level."""
     return nn.Sequential(
-        nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.SELU(inplace=True),
-        nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1),
-        nn.SELU(inplace=True),
+        *_conv_block(in_channels, out_channels, norm, activation),
+        *_conv_block(out_channels, out_channels, norm, activation),
     )
 
 
@@ -26,6 +37,9 @@ class UNet3D(nn.Module):
         features: feature maps per level, from the top; the paper's are (16, 32, 64, 128, 256).
             The depth is ``len(features)``: each spatial size must be divisible by
             ``2 ** (len(features) - 1)``.
+        norm: ``none`` (the paper: SELU self-normalises) or ``instance`` (instance norm after each
+            convolution, as nnU-Net).
+        activation: ``selu`` (the paper) or ``leaky_relu`` (slope 0.01, as nnU-Net).
 
     ``forward`` takes ``x`` of shape ``(B, in_channels, D, H, W)`` and returns logits of shape
     ``(B, 1, D, H, W)``; :meth:`probabilities` applies the paper's sigmoid output layer, in
@@ -33,40 +47,55 @@ class UNet3D(nn.Module):
     when the sigmoid is rounded to bf16.
     """
 
-    def __init__(self, in_channels: int = 1, features: Sequence[int] = (16, 32, 64, 128, 256)) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        features: Sequence[int] = (16, 32, 64, 128, 256),
+        norm: str = "none",
+        activation: str = "selu",
+    ) -> None:
         super().__init__()
         features = [int(f) for f in features]
         if len(features) < 2 or any(f <= 0 for f in features):
             raise ValueError(f"features must hold at least two positive widths, got {features}")
         if in_channels <= 0:
             raise ValueError(f"in_channels must be positive, got {in_channels}")
+        if norm not in NORMS:
+            raise ValueError(f"norm {norm!r} is not one of {NORMS}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
+        self.norm, self.activation = norm, activation
         self.in_channels = in_channels
         self.features = tuple(features)
         self.encoders = nn.ModuleList()
         channels = in_channels
         for width in features:
-            self.encoders.append(_double_conv(channels, width))
+            self.encoders.append(_double_conv(channels, width, norm, activation))
             channels = width
         self.pool = nn.MaxPool3d(2)
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for width in reversed(features[:-1]):
             self.upsamplers.append(nn.ConvTranspose3d(channels, width, kernel_size=2, stride=2))
-            self.decoders.append(_double_conv(2 * width, width))
+            self.decoders.append(_double_conv(2 * width, width, norm, activation))
             channels = width
         self.head = nn.Conv3d(channels, 1, kernel_size=1)
-        self._init_for_selu()
+        self._init_weights()
 
     @property
     def divisor(self) -> int:
         """Every spatial size of the input must be a multiple of this."""
         return 2 ** (len(self.features) - 1)
 
-    def _init_for_selu(self) -> None:
-        # SELU self-normalises only with LeCun-normal weights (Klambauer et al. 2017).
+    def _init_weights(self) -> None:
+        # SELU self-normalises only with LeCun-normal weights (Klambauer et al. 2017); leaky ReLU
+        # keeps activations' variance with He weights of its slope (nnU-Net's init).
         for module in self.modules():
             if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
+                if self.activation == "selu":
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
+                else:
+                    nn.init.kaiming_normal_(module.weight, a=0.01, nonlinearity="leaky_relu")
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
