@@ -9,30 +9,30 @@ import wspet.training as training
 from wspet.collapse import CollapseGuard, TrainingCollapsedError
 
 
-def fake_trainer(epoch, empty_fraction):
+def fake_trainer(step, empty_fraction):
     return SimpleNamespace(
-        sanity_checking=False, current_epoch=epoch, should_stop=False,
+        sanity_checking=False, global_step=step, should_stop=False,
         callback_metrics={"val/empty_fraction": torch.tensor(empty_fraction)},
     )
 
 
 def test_guard_waits_for_warmup_and_patience():
-    guard = CollapseGuard(warmup_epochs=1, patience=2, on_collapse="stop")
-    steps = [(0, 1.0), (1, 1.0), (2, 0.5), (3, 1.0), (4, 1.0)]
+    guard = CollapseGuard(warmup_steps=100, patience=2, on_collapse="stop")
+    validations = [(50, 1.0), (100, 1.0), (150, 0.5), (200, 1.0), (250, 1.0)]
     stopped = []
-    for epoch, empty in steps:
-        trainer = fake_trainer(epoch, empty)
+    for step, empty in validations:
+        trainer = fake_trainer(step, empty)
         guard.on_validation_end(trainer, None)
         stopped.append(trainer.should_stop)
-    assert stopped == [False, False, False, False, True]
-    assert guard.collapsed and guard.state_dict() == {"empty_epochs": 2, "collapsed": True}
+    assert stopped == [False, False, False, False, True]  # step 50 is warm-up; 150 breaks the run of empties
+    assert guard.collapsed and guard.state_dict() == {"empty_validations": 2, "collapsed": True}
 
 
 def test_guard_can_raise_or_ignore():
     with pytest.raises(TrainingCollapsedError, match="model.optimizer.lr"):
-        CollapseGuard(warmup_epochs=0, patience=1, on_collapse="error").on_validation_end(fake_trainer(0, 1.0), None)
+        CollapseGuard(warmup_steps=0, patience=1, on_collapse="error").on_validation_end(fake_trainer(0, 1.0), None)
     trainer = fake_trainer(0, 1.0)
-    CollapseGuard(warmup_epochs=0, patience=1, on_collapse="ignore").on_validation_end(trainer, None)
+    CollapseGuard(warmup_steps=0, patience=1, on_collapse="ignore").on_validation_end(trainer, None)
     assert trainer.should_stop is False
     with pytest.raises(ValueError, match="'sometimes'"):
         CollapseGuard(on_collapse="sometimes")
@@ -49,7 +49,7 @@ def test_a_collapsed_run_is_stopped_and_marked(train_config, tmp_path, monkeypat
     monkeypatch.setattr(training, "build_model", saturated_model)
     overrides = [
         "loss=dice", "trainer.max_epochs=4", "trainer.limit_train_batches=1", "model.optimizer.lr=0.0",
-        "callbacks.collapse_guard.warmup_epochs=0", "callbacks.collapse_guard.patience=2",
+        "callbacks.collapse_guard.warmup_steps=0", "callbacks.collapse_guard.patience=2",
     ]
     summary = training.train(train_config(tmp_path, overrides))
     assert summary["collapsed"] is True

@@ -17,41 +17,41 @@ ACTIONS = ("stop", "error", "ignore")
 
 
 class TrainingCollapsedError(RuntimeError):
-    """Every validation prediction stayed empty for several epochs."""
+    """Every validation prediction stayed empty for several validations."""
 
 
 class CollapseGuard(Callback):
     """Watch ``val/empty_fraction`` (share of validation volumes predicted empty).
 
-    After ``warmup_epochs``, ``patience`` consecutive validations where every volume is predicted
+    After ``warmup_steps`` optimiser steps, ``patience`` consecutive validations where every volume is predicted
     empty count as a collapse: ``stop`` ends training with an error in the log (the run is
     marked ``collapsed``), ``error`` raises :class:`TrainingCollapsedError`, ``ignore`` only logs.
     """
 
-    def __init__(self, warmup_epochs: int = 2, patience: int = 2, on_collapse: str = "stop") -> None:
+    def __init__(self, warmup_steps: int = 200, patience: int = 2, on_collapse: str = "stop") -> None:
         if on_collapse not in ACTIONS:
             raise ValueError(f"on_collapse {on_collapse!r} is not one of {ACTIONS}")
-        if patience < 1 or warmup_epochs < 0:
-            raise ValueError(f"patience {patience} must be >= 1 and warmup_epochs {warmup_epochs} >= 0")
-        self.warmup_epochs = warmup_epochs
+        if patience < 1 or warmup_steps < 0:
+            raise ValueError(f"patience {patience} must be >= 1 and warmup_steps {warmup_steps} >= 0")
+        self.warmup_steps = warmup_steps
         self.patience = patience
         self.on_collapse = on_collapse
-        self.empty_epochs = 0
+        self.empty_validations = 0
         self.collapsed = False
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.current_epoch < self.warmup_epochs:
+        if trainer.sanity_checking or trainer.global_step < self.warmup_steps:
             return
         empty = trainer.callback_metrics.get("val/empty_fraction")
         if empty is None:
             return
-        self.empty_epochs = self.empty_epochs + 1 if float(empty) >= 1.0 else 0
-        if self.empty_epochs < self.patience or self.collapsed:
+        self.empty_validations = self.empty_validations + 1 if float(empty) >= 1.0 else 0
+        if self.empty_validations < self.patience or self.collapsed:
             return
         self.collapsed = True
         message = (
-            f"training collapsed: every validation volume predicted empty for {self.empty_epochs} "
-            f"epochs (epoch {trainer.current_epoch}); lower the learning rate (model.optimizer.lr) "
+            f"training collapsed: every validation volume predicted empty for {self.empty_validations} "
+            f"validations (step {trainer.global_step}); lower the learning rate (model.optimizer.lr) "
             "or raise data.box_sampling_probability"
         )
         if self.on_collapse == "error":
@@ -61,8 +61,8 @@ class CollapseGuard(Callback):
             trainer.should_stop = True
 
     def state_dict(self) -> dict:
-        return {"empty_epochs": self.empty_epochs, "collapsed": self.collapsed}
+        return {"empty_validations": self.empty_validations, "collapsed": self.collapsed}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.empty_epochs = state_dict["empty_epochs"]
+        self.empty_validations = state_dict["empty_validations"]
         self.collapsed = state_dict["collapsed"]

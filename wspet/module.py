@@ -14,9 +14,12 @@ from torchmetrics import MeanMetric
 
 import wspet.losses
 from wspet.data.preprocessing import Preprocessing
+from wspet.model.lr_schedule import lr_schedule
 from wspet.model.unet3d import UNet3D
 
-ARGUMENTS = ("net", "loss", "supervision", "optimizer", "channels_last", "preprocessing", "training_spacing")
+ARGUMENTS = (
+    "net", "loss", "supervision", "optimizer", "channels_last", "preprocessing", "training_spacing", "scheduler",
+)
 
 
 class LesionSegmenter(L.LightningModule):
@@ -26,7 +29,7 @@ class LesionSegmenter(L.LightningModule):
         net: keyword arguments of :class:`UNet3D` (``in_channels``, ``features``).
         loss: the ``module`` node of a ``conf/loss`` file (a ``_target_`` naming a class of
             ``wspet.losses`` and its plain parameters); ``None`` for a model that only predicts.
-        supervision: ``box`` or ``label``: which mask of the batch the loss is given.
+        supervision: ``box``, ``pseudo`` or ``label``: which mask of the batch the loss is given.
         optimizer: a ``_target_`` optimizer config (``torch.optim.SGD``, ...) without params.
         channels_last: use ``torch.channels_last_3d`` memory, faster for 3D convolutions.
         preprocessing: how inputs were prepared in training
@@ -34,6 +37,9 @@ class LesionSegmenter(L.LightningModule):
             ``None`` is per-volume z-scores at native spacing.
         training_spacing: median voxel spacing in mm of the training volumes as read, so that
             inference can warn about a scan far off it (``None``: unknown).
+        scheduler: ``name``, ``warmup_steps`` (and ``power``) of
+            :func:`~wspet.model.lr_schedule.lr_schedule`, stepped every optimiser step over the
+            trainer's step budget; ``None`` keeps the learning rate constant.
 
     All arguments are plain config values, saved in the checkpoint, so
     ``LesionSegmenter.from_checkpoint(path)`` rebuilds the network alone. Use it, not Lightning's
@@ -49,6 +55,7 @@ class LesionSegmenter(L.LightningModule):
         channels_last: bool = False,
         preprocessing: dict | None = None,
         training_spacing: list[float] | None = None,
+        scheduler: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -62,6 +69,7 @@ class LesionSegmenter(L.LightningModule):
         self.val_dice = MeanMetric()
         self.val_loss = MeanMetric()
         self.val_empty = MeanMetric()
+        self.val_box_agreement = MeanMetric()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(B, 1, D, H, W)`` (float32) for a normalised image ``(B, 1, D, H, W)``."""
@@ -88,7 +96,9 @@ class LesionSegmenter(L.LightningModule):
         probs, terms = self._loss_terms(batch)
         self.val_loss.update(terms["loss"].detach())
         prediction = probs.detach() > 0.5
-        self.val_empty.update(torch.tensor(float(not prediction.any())))
+        self.val_empty.update((~prediction.any()).float())
+        # How much the prediction is still the box: a weak model that learnt nothing else stays near 1.
+        self.val_box_agreement.update(hard_dice(prediction, batch["box"][tio.DATA] > 0))
         if "label" in batch:
             self.val_dice.update(hard_dice(prediction, batch["label"][tio.DATA] > 0))
 
@@ -96,13 +106,14 @@ class LesionSegmenter(L.LightningModule):
         # MeanMetric reduces across processes, so under DDP every rank logs the same value.
         self.log("val/loss", self.val_loss.compute(), prog_bar=True)
         self.log("val/empty_fraction", self.val_empty.compute())
+        self.log("val/box_agreement", self.val_box_agreement.compute())
         # Decided across ranks: a rank alone skipping the collective compute would hang DDP.
         labelled = self.trainer.strategy.reduce(
             torch.tensor(float(self.val_dice.update_count > 0), device=self.device), reduce_op="max"
         )
         if labelled > 0:
             self.log("val/dice", self.val_dice.compute(), prog_bar=True)
-        for metric in (self.val_loss, self.val_dice, self.val_empty):
+        for metric in (self.val_loss, self.val_dice, self.val_empty, self.val_box_agreement):
             metric.reset()
 
     @classmethod
@@ -132,7 +143,13 @@ class LesionSegmenter(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         config = self.hparams.optimizer or {"_target_": "torch.optim.SGD", "lr": 1e-5, "momentum": 0.9}
-        return instantiate(config, params=self.parameters())
+        optimizer = instantiate(config, params=self.parameters())
+        schedule = self.hparams.get("scheduler")
+        if not schedule:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = lr_schedule(optimizer, total_steps=total, **schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 # A checkpoint is untrusted input (docs/security.md): it may name only these, with plain arguments.

@@ -23,6 +23,9 @@ class StageResult:
     collapsed: bool
     test_rows: list[dict] = field(default_factory=list)
     evaluated: bool = False
+    steps: int = 0  # optimiser steps trained (0: unknown, e.g. a stage reused from the stage cache)
+    # Signs that training ended far from convergence (wspet.convergence); empty when none were seen.
+    not_converged: list[str] = field(default_factory=list)
 
     @property
     def test_summary(self) -> dict:

@@ -33,6 +33,7 @@ from wspet.checkpointing import (
     resume_checkpoint,
 )
 from wspet.collapse import CollapseGuard
+from wspet.convergence import ConvergenceCheck
 from wspet.data.check import validate_dataset
 from wspet.data.datamodule import PetDataModule
 from wspet.data.preprocessing import Preprocessing
@@ -140,7 +141,7 @@ def pretraining_config(cfg: DictConfig) -> DictConfig:
     stage = cfg.copy()
     with open_dict(stage):
         stage.loss = cfg.pretrain.loss
-        stage.trainer.max_epochs = cfg.pretrain.max_epochs
+        stage.trainer.max_steps = cfg.pretrain.max_steps
         stage.run_name = f"{cfg.run_name}-pretrain"
         stage.postprocess = {"name": "none", "fn": None}
         if "logger" in stage and stage.logger and "wandb" in stage.logger:
@@ -158,6 +159,7 @@ def build_model(cfg: DictConfig, init_from: str | None, training_spacing: list[f
         channels_last=cfg.model.channels_last,
         preprocessing=data_preprocessing(cfg.data).as_dict(),
         training_spacing=training_spacing,
+        scheduler=OmegaConf.to_container(cfg.model.scheduler, resolve=True) if cfg.model.get("scheduler") else None,
     )
     if init_from:
         load_network_weights(model, init_from)
@@ -272,13 +274,16 @@ def fit_stage(
     if launch_rank_is_zero():
         stage_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = PetDataModule(supervision=cfg.loss.supervision, **_data_arguments(cfg.data))
+    datamodule = PetDataModule(
+        supervision=cfg.loss.supervision, pseudo_labels=_pseudo_label_arguments(cfg.loss), **_data_arguments(cfg.data)
+    )
     datamodule.setup("fit")
     model = build_model(cfg, init_from, datamodule.median_spacing())
     checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best", **cfg.callbacks.checkpoint)
     guard = CollapseGuard(**cfg.callbacks.collapse_guard)
     saver = SaveOnSignal(stage_dir / "checkpoints" / LAST)
-    callbacks = build_callbacks(cfg, checkpoint, guard, saver)
+    convergence = ConvergenceCheck(**(cfg.callbacks.get("convergence") or {}), watch_box=shrinks_boxes(cfg.loss))
+    callbacks = build_callbacks(cfg, checkpoint, guard, saver) + [convergence]
     trainer = build_trainer(cfg, callbacks, loggers, stage_dir)
     if ckpt_path is not None:
         log.info("stage '%s': resuming from %s", name, ckpt_path)
@@ -290,7 +295,19 @@ def fit_stage(
     if not best:  # fast_dev_run and limit_* runs save nothing; keep the weights they reached
         best = stage_dir / "checkpoints" / LAST
         trainer.save_checkpoint(best)
-    return StageResult(name=name, checkpoint=Path(best), collapsed=guard.collapsed)
+    return StageResult(
+        name=name, checkpoint=Path(best), collapsed=guard.collapsed, steps=trainer.global_step, not_converged=convergence.problems
+    )
+
+
+def shrinks_boxes(loss_cfg: DictConfig) -> bool:
+    """Whether a loss is meant to turn boxes into lesions, so that predicting the boxes means it has not learnt."""
+    return loss_cfg.supervision != "label" and loss_cfg.name != WEAK_STAGE_LOSS
+
+
+def _pseudo_label_arguments(loss_cfg: DictConfig) -> dict | None:
+    settings = loss_cfg.get("pseudo_labels")
+    return OmegaConf.to_container(settings, resolve=True) if settings is not None else None
 
 
 class FitData(L.LightningDataModule):
@@ -342,13 +359,28 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, stage_dir: Pa
     device = device_type(cfg.trainer.accelerator)
     choice = resolve_precision(cfg.trainer.precision, device)
     log.info("trainer.precision %s on %s: %s, because %s", cfg.trainer.precision, device, choice.precision, choice.reason)
-    settings = {"precision": choice.precision}
+    settings = {"precision": choice.precision, **validation_schedule(cfg.trainer)}
     if device == "cuda" and cfg.trainer.get("benchmark") is None and not cfg.trainer.get("deterministic"):
         # Patches and validation volumes have fixed shapes, so the autotuning done at the first step pays every step after.
         settings["benchmark"] = True
     return instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(stage_dir), plugins=plugins, **settings
     )
+
+
+def validation_schedule(trainer_cfg: DictConfig) -> dict:
+    """When to validate: every ``val_check_interval`` steps under a step budget, every epoch under an epoch one.
+
+    A step budget (``max_epochs: null``) validates across epoch boundaries, at most every
+    ``max_steps`` steps so that even a short run validates (and keeps a best checkpoint) once.
+    A run given ``trainer.max_epochs`` validates at the end of every epoch, as Lightning does.
+    """
+    if trainer_cfg.get("max_epochs") is not None:
+        return {"val_check_interval": 1.0, "check_val_every_n_epoch": trainer_cfg.get("check_val_every_n_epoch") or 1}
+    interval, budget = trainer_cfg.get("val_check_interval") or 100, trainer_cfg.get("max_steps", -1)
+    if isinstance(interval, int) and budget and budget > 0:
+        interval = min(interval, budget)
+    return {"val_check_interval": interval, "check_val_every_n_epoch": None}
 
 
 def _data_arguments(data_cfg: DictConfig) -> dict:
@@ -387,9 +419,17 @@ def run_summary(cfg: DictConfig, stages: list[StageResult]) -> dict:
         "data_root": str(Path(cfg.data.root).resolve()),
         "checkpoint": str(final.checkpoint),
         "collapsed": final.collapsed,
+        "converged": not final.not_converged,
+        "not_converged": final.not_converged,
         "test": final.test_summary,
         "validation": best_validation_metric(cfg, final),
-        "stages": {s.name: {"checkpoint": str(s.checkpoint), "collapsed": s.collapsed, "test": s.test_summary} for s in stages},
+        "stages": {
+            s.name: {
+                "checkpoint": str(s.checkpoint), "steps": s.steps, "collapsed": s.collapsed,
+                "not_converged": s.not_converged, "test": s.test_summary,
+            }
+            for s in stages
+        },
     }
 
 
@@ -399,6 +439,8 @@ def print_results(stages: list[StageResult]) -> None:
             print(format_table(stage.test_rows, f"\nTest results of stage '{stage.name}':"))
         if stage.collapsed:
             print(f"WARNING: stage '{stage.name}' collapsed to empty predictions (see the log)")
+        for problem in stage.not_converged:
+            print(f"WARNING: stage '{stage.name}' did not converge: {problem}")
     if len(stages) > 1 and all(s.test_rows for s in stages):
         before, after = (s.test_summary["dice"] for s in (stages[0], stages[-1]))
         print(f"\nMean test Dice: {stages[0].name} {before:.3f} -> {stages[-1].name} {after:.3f}")
