@@ -4,11 +4,15 @@ Every step is `fn(mask, image, spacing, **params) -> np.ndarray[bool]` on (i, j,
 arrays with the spacing in mm, and never modifies its inputs:
 - `morphology.open_and_filter`: the paper's "+M";
 - `levelset.chan_vese_refine`: the paper's "L_Dice + LS".
+
+`box_prompt.restrict_to_boxes(mask, boxes)` keeps a prediction inside boxes given at test time
+(`predict.py boxes=FILE`, the report's box-prompted rows).
 """
 
 from __future__ import annotations
 
+from wspet.postprocess.box_prompt import restrict_to_boxes
 from wspet.postprocess.levelset import chan_vese_refine
 from wspet.postprocess.morphology import open_and_filter
 
-__all__ = ["chan_vese_refine", "open_and_filter"]
+__all__ = ["chan_vese_refine", "open_and_filter", "restrict_to_boxes"]
