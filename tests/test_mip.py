@@ -56,3 +56,11 @@ def test_mismatched_mask_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"mask shape \(4, 4, 3\) != suv shape \(4, 4, 4\)"):
         save_mip_png(np.ones((4, 4, 4)), np.ones((4, 4, 3)), np.eye(4), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2), (1, 5, 1), (3, 1, 4)])
+def test_volumes_one_voxel_thin_still_get_their_outlines(tmp_path, shape):
+    suv = np.linspace(1.0, 2.0, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    mask = np.ones(shape, np.uint8)
+    path = save_mip_png(suv, mask, LPS_GRID, tmp_path / "thin.png")
+    assert red_pixels(imread(path)) > 0
