@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import get_class
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from tests.conftest import REPO, compose_config
@@ -129,6 +129,12 @@ def test_a_log_line_per_validation_when_stdout_is_not_a_terminal(train_config, t
     lines = [r.getMessage() for r in caplog.records if r.name == "wspet.callbacks"]
     assert [line.split(":")[0] for line in lines] == ["epoch 0 step 1/2", "epoch 1 step 2/2"]
     assert all("val/loss" in line and "val/dice" in line and "left" in line for line in lines)
+
+
+def test_a_progress_bar_from_the_config_replaces_the_log_lines():
+    types = callback_types(["trainer.enable_progress_bar=true",
+                            "+callbacks.bar._target_=lightning.pytorch.callbacks.TQDMProgressBar"])
+    assert ProgressLines not in types and TQDMProgressBar in types
 
 
 def test_clock_formats_minutes_and_hours():

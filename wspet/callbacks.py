@@ -33,12 +33,13 @@ WIRED_SETTINGS = ("checkpoint", "collapse_guard", "convergence")
 def build_callbacks(cfg: DictConfig, checkpoint: Callback, guard: Callback, saver: Callback) -> list[Callback]:
     """The callbacks of one stage: the wired ones, then each ``_target_`` entry of ``cfg.callbacks``.
 
-    A log line per validation replaces Lightning's bar when the progress bar is on and stdout is not
-    a terminal (a log file would fill with the bar's carriage returns).
+    A log line per validation replaces Lightning's bar when the progress bar is on, stdout is not a
+    terminal (a log file would fill with the bar's carriage returns) and the config names no bar.
     """
     callbacks = [checkpoint, guard, saver, ValidationHistory(), CurvesOrigin()]
     callbacks += configured_callbacks(cfg.get("callbacks"))
-    if cfg.trainer.get("enable_progress_bar", True) and not sys.stdout.isatty():
+    has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+    if cfg.trainer.get("enable_progress_bar", True) and not sys.stdout.isatty() and not has_bar:
         callbacks.append(ProgressLines())
     return callbacks
 
