@@ -96,3 +96,20 @@ def test_probabilities_and_losses_stay_float32_under_bf16_autocast():
         terms = CompositeLoss()(image, probs, box)
     assert logits.dtype == torch.bfloat16  # the convolutions do run in bf16
     assert probs.dtype == torch.float32 and all(value.dtype == torch.float32 for value in terms.values())
+
+
+def test_bf16_autocast_on_a_cpu_switches_the_network_to_channels_last():
+    from wspet.module import LesionSegmenter
+
+    torch.manual_seed(0)
+    model = LesionSegmenter(net={"features": [4, 8]}, loss={"_target_": "wspet.losses.DiceLoss"})
+    optimised = list(model.parameters())
+    image = torch.randn(1, 1, 16, 16, 16)
+    expected = model(image)
+    weight = model.net.encoders[1][0].weight  # 4 input channels: the layouts differ
+    assert not weight.is_contiguous(memory_format=torch.channels_last_3d)  # float32 leaves the layout alone
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probs = model(image)
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+    assert all(a is b for a, b in zip(optimised, model.parameters()))  # the same tensors: an optimiser keeps them
+    assert (probs - expected).abs().max() < 2e-2
