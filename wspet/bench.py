@@ -4,8 +4,8 @@ One run measures, on the machine it runs on (docs/performance.md):
 
 - the bare training step (network, loss, clipping, optimiser) and the full Lightning step (the
   same plus loading, logging and callbacks) at the training patch size and at 96^3, and their ratio;
-- both in float32 and in the precision ``auto`` resolves to (:mod:`wspet.precision`), and with
-  ``channels_last_3d`` in that precision;
+- both in float32 and in the precision ``auto`` resolves to (:mod:`wspet.precision`), and in that
+  precision without the ``channels_last_3d`` layout the model switches to under bf16 on CPUs;
 - the training step's GFLOP/s against a matrix product of the same precision, measured here;
 - the data loader's samples per second against the rate at which the step consumes them;
 - each loss of ``conf/loss`` (forward and backward) as a share of the step;
@@ -132,10 +132,10 @@ def autocast(choice: PrecisionChoice, device: torch.device):
 
 
 def bench_config(
-    root: Path, size: tuple, batch: int, settings: Settings, precision: str | None = None, channels_last: bool | None = None
+    root: Path, size: tuple, batch: int, settings: Settings, precision: str | None = None
 ) -> DictConfig:
     """``conf/train.yaml`` with ``settings.overrides`` on the bench's phantom set (volumes padded to at least
-    ``size``), training ``size`` patches in batches of ``batch``; ``precision`` and ``channels_last`` override the config's."""
+    ``size``), training ``size`` patches in batches of ``batch``; ``precision`` overrides the config's."""
     GlobalHydra.instance().clear()
     volume = [max(s, v) for s, v in zip(size, settings.phantom_shape)]
     overrides = [
@@ -147,8 +147,6 @@ def bench_config(
     with open_dict(cfg):
         if precision is not None:
             cfg.trainer.precision = precision
-        if channels_last is not None:
-            cfg.model.channels_last = channels_last
     return cfg
 
 
@@ -176,17 +174,22 @@ def build_model(cfg: DictConfig, device: torch.device):
 # --------------------------------------------------------------------------- training steps
 
 
-def bare_step(cfg: DictConfig, image: torch.Tensor, target: torch.Tensor) -> Callable[[], None]:
-    """One optimiser step of ``cfg``'s model and loss with gradient clipping, as Lightning does it, minus Lightning."""
+def bare_step(cfg: DictConfig, image: torch.Tensor, target: torch.Tensor, layout: bool = True) -> Callable[[], None]:
+    """One optimiser step of ``cfg``'s model and loss with gradient clipping, as Lightning does it, minus Lightning.
+
+    ``layout=False`` calls the network directly, keeping the default memory layout that the
+    model's ``forward`` would switch to ``channels_last_3d``.
+    """
     device = image.device
     model = build_model(cfg, device)
+    network = model if layout else model.net.probabilities
     choice = resolve_precision(cfg.trainer.precision, device.type)
     optimizer = instantiate(cfg.model.optimizer, params=model.parameters())
     clip = cfg.trainer.get("gradient_clip_val")
 
     def step() -> None:
         with autocast(choice, device):
-            loss = model.loss_fn(image, model(image), target)["loss"]
+            loss = model.loss_fn(image, network(image), target)["loss"]
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -246,7 +249,7 @@ def full_step_seconds(clock: StepClock, warmup: int) -> float:
 
 
 def step_case(root: Path, size: tuple, batch: int, settings: Settings, device: torch.device, auto: PrecisionChoice) -> dict:
-    """Bare and full steps of one patch size in float32 and in ``auto``, and ``channels_last_3d`` in ``auto``."""
+    """Bare and full steps of one patch size in float32 and in ``auto``, and ``auto`` without the model's layout switch."""
     case = {"size": list(size), "batch": batch}
     precisions = {"fp32": FP32} if auto.precision == FP32 else {"fp32": FP32, "auto": "auto"}
     for name, precision in precisions.items():
@@ -258,10 +261,9 @@ def step_case(root: Path, size: tuple, batch: int, settings: Settings, device: t
         case[name] = {"bare_s": bare, "full_s": full, "full_over_bare": full / bare}
     case.setdefault("auto", case["fp32"])
     case["auto_speedup"] = case["fp32"]["bare_s"] / case["auto"]["bare_s"]
-    channels_last = bench_config(root, size, batch, settings, "auto", channels_last=True)
-    step = bare_step(channels_last, image, target)
-    case["auto_channels_last_bare_s"] = median_seconds(step, settings, device)
-    case["channels_last_speedup"] = case["auto"]["bare_s"] / case["auto_channels_last_bare_s"]
+    step = bare_step(bench_config(root, size, batch, settings, "auto"), image, target, layout=False)
+    case["auto_default_layout_bare_s"] = median_seconds(step, settings, device)
+    case["layout_speedup"] = case["auto_default_layout_bare_s"] / case["auto"]["bare_s"]
     return case
 
 
@@ -491,7 +493,7 @@ FIELDS = (
     "machine.torch", "machine.cpu_capability", "machine.isa_flags", "machine.threads", "machine.auto_precision",
     "steps.*.fp32.bare_s", "steps.*.fp32.full_s", "steps.*.fp32.full_over_bare",
     "steps.*.auto.bare_s", "steps.*.auto.full_s", "steps.*.auto.full_over_bare",
-    "steps.*.auto_speedup", "steps.*.auto_channels_last_bare_s", "steps.*.channels_last_speedup",
+    "steps.*.auto_speedup", "steps.*.auto_default_layout_bare_s", "steps.*.layout_speedup",
     "throughput.step_gflop", "throughput.*.step_gflop_per_s", "throughput.*.matmul_gflop_per_s",
     "throughput.*.fraction_of_matmul",
     "loader.samples_per_s", "loader.step_samples_per_s", "loader.loader_over_step",
@@ -537,12 +539,12 @@ def table(result: dict) -> str:
              f"ISA: {result['machine']['isa_flags']} ({result['machine']['cpu_capability']}); "
              f"auto = {result['machine']['auto_precision']} ({result['machine']['auto_reason']})"]
     lines.append(f"{'step':<16}{'fp32 bare':>10}{'fp32 full':>10}{'ratio':>7}{'auto bare':>10}{'auto full':>10}{'ratio':>7}"
-                 f"{'auto/fp32':>10}{'+ch.last':>9}")
+                 f"{'auto/fp32':>10}{'layout':>9}")
     for case in result["steps"]:
         fp32, auto = case["fp32"], case["auto"]
         lines.append(f"{'x'.join(map(str, case['size'])) + ' b' + str(case['batch']):<16}{fp32['bare_s']:>9.3f}s{fp32['full_s']:>9.3f}s"
                      f"{fp32['full_over_bare']:>7.2f}{auto['bare_s']:>9.3f}s{auto['full_s']:>9.3f}s{auto['full_over_bare']:>7.2f}"
-                     f"{case['auto_speedup']:>9.2f}x{case['channels_last_speedup']:>8.2f}x")
+                     f"{case['auto_speedup']:>9.2f}x{case['layout_speedup']:>8.2f}x")
     flops = result["throughput"]
     for name in ("fp32", "auto"):
         lines.append(f"{name} step {flops[name]['step_gflop_per_s']:.0f} GFLOP/s = {flops[name]['fraction_of_matmul']:.0%} of a "
