@@ -2,17 +2,14 @@
 
 A run given too few steps (a step budget cut short, a tiny data set counted in epochs) leaves a
 model whose validation loss is still falling fast, or, for a weak loss, whose predictions are still
-the boxes it was shown. Both are visible in the validation history; this callback reads it.
+the boxes it was shown. Both are visible in the validation history
+(:class:`wspet.callbacks.ValidationHistory`, ``{step: {"val/loss": ..., "val/box_agreement": ...}}``).
 """
 
 from __future__ import annotations
 
-import logging
-
-import lightning as L
-from lightning.pytorch.callbacks import Callback
-
-log = logging.getLogger(__name__)
+import math
+from collections.abc import Mapping
 
 
 def still_improving(losses: list[float], tail: float = 0.25, share: float = 0.1) -> bool:
@@ -30,60 +27,39 @@ def still_improving(losses: list[float], tail: float = 0.25, share: float = 0.1)
     return gain > 0 and (best_before - best) > share * gain
 
 
-class ConvergenceCheck(Callback):
-    """Record ``val/loss`` and ``val/box_agreement`` at every validation; judge the run at its end.
+def convergence_problems(
+    history: Mapping[int, Mapping[str, float]],
+    steps: int,
+    tail: float = 0.25,
+    share: float = 0.1,
+    box_agreement: float = 0.9,
+    watch_box: bool = False,
+) -> list[str]:
+    """Signs in a stage's validation ``history`` (by step) that it ended far from convergence.
 
     Args:
+        steps: optimiser steps trained, for the message.
         tail, share: see :func:`still_improving`.
         box_agreement: above this Dice between prediction and box at the last validation the
             prediction is still the box (checked only with ``watch_box``: weak losses meant to
             shrink the boxes to lesions).
-        watch_box: whether the box check applies to this stage.
 
-    After training, :attr:`problems` lists what was found (empty: no sign of an unfinished run),
-    each also logged as a warning.
+    Returns one message per problem, each naming the setting to change; empty when none is seen.
     """
-
-    def __init__(self, tail: float = 0.25, share: float = 0.1, box_agreement: float = 0.9, watch_box: bool = False) -> None:
-        if not 0 < tail < 1 or not 0 < share < 1 or not 0 < box_agreement <= 1:
-            raise ValueError(f"tail {tail} and share {share} must lie in (0, 1), box_agreement {box_agreement} in (0, 1]")
-        self.tail, self.share, self.box_agreement, self.watch_box = tail, share, box_agreement, watch_box
-        self.losses: list[float] = []
-        self.agreements: list[float] = []
-        self.problems: list[str] = []
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        metrics = trainer.callback_metrics
-        if "val/loss" in metrics:
-            self.losses.append(float(metrics["val/loss"]))
-        if "val/box_agreement" in metrics:
-            self.agreements.append(float(metrics["val/box_agreement"]))
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.problems = self.verdict(trainer.global_step)
-        for problem in self.problems:
-            log.warning("not converged: %s", problem)
-
-    def verdict(self, steps: int) -> list[str]:
-        problems = []
-        if still_improving(self.losses, self.tail, self.share):
-            problems.append(
-                f"val/loss was still falling fast after {steps} steps ({self.losses[0]:.4f} -> {min(self.losses):.4f}, "
-                f"more than {self.share:.0%} of the gain in the last {self.tail:.0%} of validations); "
-                "raise trainer.max_steps"
-            )
-        if self.watch_box and self.agreements and self.agreements[-1] > self.box_agreement:
-            problems.append(
-                f"predictions are still the boxes after {steps} steps (Dice with the box {self.agreements[-1]:.3f} > "
-                f"{self.box_agreement}); raise trainer.max_steps or check the loss"
-            )
-        return problems
-
-    def state_dict(self) -> dict:
-        return {"losses": self.losses, "agreements": self.agreements}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.losses = list(state_dict["losses"])
-        self.agreements = list(state_dict["agreements"])
+    if not 0 < tail < 1 or not 0 < share < 1 or not 0 < box_agreement <= 1:
+        raise ValueError(f"tail {tail} and share {share} must lie in (0, 1), box_agreement {box_agreement} in (0, 1]")
+    ordered = [history[step] for step in sorted(history)]
+    losses = [v["val/loss"] for v in ordered if math.isfinite(v.get("val/loss", math.nan))]
+    problems = []
+    if still_improving(losses, tail, share):
+        problems.append(
+            f"val/loss was still falling fast after {steps} steps ({losses[0]:.4f} -> {min(losses):.4f}, "
+            f"more than {share:.0%} of the fall in the last {tail:.0%} of validations); raise trainer.max_steps"
+        )
+    agreement = ordered[-1].get("val/box_agreement", math.nan) if ordered else math.nan
+    if watch_box and agreement > box_agreement:
+        problems.append(
+            f"predictions are still the boxes after {steps} steps (Dice with the box {agreement:.3f} > "
+            f"{box_agreement}); raise trainer.max_steps or check the loss"
+        )
+    return problems

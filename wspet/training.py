@@ -22,7 +22,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from wspet.callbacks import best_validation, build_callbacks
+from wspet.callbacks import ValidationHistory, best_validation, build_callbacks
 from wspet.checkpointing import (
     LAST,
     REQUEUE_SIGNAL,
@@ -33,7 +33,7 @@ from wspet.checkpointing import (
     resume_checkpoint,
 )
 from wspet.collapse import CollapseGuard
-from wspet.convergence import ConvergenceCheck
+from wspet.convergence import convergence_problems
 from wspet.data.check import validate_dataset
 from wspet.data.datamodule import PetDataModule
 from wspet.data.preprocessing import Preprocessing
@@ -282,8 +282,7 @@ def fit_stage(
     checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best", **cfg.callbacks.checkpoint)
     guard = CollapseGuard(**cfg.callbacks.collapse_guard)
     saver = SaveOnSignal(stage_dir / "checkpoints" / LAST)
-    convergence = ConvergenceCheck(**(cfg.callbacks.get("convergence") or {}), watch_box=shrinks_boxes(cfg.loss))
-    callbacks = build_callbacks(cfg, checkpoint, guard, saver) + [convergence]
+    callbacks = build_callbacks(cfg, checkpoint, guard, saver)
     trainer = build_trainer(cfg, callbacks, loggers, stage_dir)
     if ckpt_path is not None:
         log.info("stage '%s': resuming from %s", name, ckpt_path)
@@ -295,8 +294,14 @@ def fit_stage(
     if not best:  # fast_dev_run and limit_* runs save nothing; keep the weights they reached
         best = stage_dir / "checkpoints" / LAST
         trainer.save_checkpoint(best)
+    history = next(c for c in callbacks if isinstance(c, ValidationHistory)).steps
+    problems = convergence_problems(
+        history, trainer.global_step, **(cfg.callbacks.get("convergence") or {}), watch_box=shrinks_boxes(cfg.loss)
+    )
+    for problem in problems:
+        log.warning("stage '%s' did not converge: %s", name, problem)
     return StageResult(
-        name=name, checkpoint=Path(best), collapsed=guard.collapsed, steps=trainer.global_step, not_converged=convergence.problems
+        name=name, checkpoint=Path(best), collapsed=guard.collapsed, steps=trainer.global_step, not_converged=problems
     )
 
 
