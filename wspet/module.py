@@ -159,9 +159,22 @@ class LesionSegmenter(L.LightningModule):
         schedule = self.hparams.get("scheduler")
         if not schedule:
             return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = lr_schedule(optimizer, total_steps=total, **schedule)
+        scheduler = lr_schedule(optimizer, total_steps=self._scheduled_steps(), **schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _scheduled_steps(self) -> int:
+        """The optimiser steps the schedule spans: ``max_steps``, or the epochs' batches under an epoch budget."""
+        trainer = self.trainer
+        if trainer.max_steps > 0:
+            return trainer.max_steps
+        if trainer.datamodule is None:
+            return int(trainer.estimated_stepping_batches)
+        # A throwaway loader's length: Lightning's own estimate builds the training loader before a
+        # resumed run restores its position, and the resumed run then drew other batches.
+        batches = len(trainer.datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        return max(1, batches * max(trainer.max_epochs, 1))
 
 
 # A checkpoint is untrusted input (docs/security.md): it may name only these, with plain arguments.

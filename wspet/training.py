@@ -364,7 +364,7 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, stage_dir: Pa
     device = device_type(cfg.trainer.accelerator)
     choice = resolve_precision(cfg.trainer.precision, device)
     log.info("trainer.precision %s on %s: %s, because %s", cfg.trainer.precision, device, choice.precision, choice.reason)
-    settings = {"precision": choice.precision, **validation_schedule(cfg.trainer)}
+    settings = {"precision": choice.precision, **training_budget(cfg.trainer)}
     if device == "cuda" and cfg.trainer.get("benchmark") is None and not cfg.trainer.get("deterministic"):
         # Patches and validation volumes have fixed shapes, so the autotuning done at the first step pays every step after.
         settings["benchmark"] = True
@@ -373,15 +373,19 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, stage_dir: Pa
     )
 
 
-def validation_schedule(trainer_cfg: DictConfig) -> dict:
-    """When to validate: every ``val_check_interval`` steps under a step budget, every epoch under an epoch one.
+def training_budget(trainer_cfg: DictConfig) -> dict:
+    """How long to train and when to validate: a step budget, or an epoch budget where one is given.
 
-    A step budget (``max_epochs: null``) validates across epoch boundaries, at most every
-    ``max_steps`` steps so that even a short run validates (and keeps a best checkpoint) once.
-    A run given ``trainer.max_epochs`` validates at the end of every epoch, as Lightning does.
+    A step budget (``max_epochs: null``, the default) trains ``max_steps`` steps and validates every
+    ``val_check_interval`` steps across epoch boundaries, at least once per run so that even a short
+    run keeps a best checkpoint. A run given ``trainer.max_epochs`` is counted in epochs alone, as
+    Lightning counts it, and validates at the end of every epoch.
     """
     if trainer_cfg.get("max_epochs") is not None:
-        return {"val_check_interval": 1.0, "check_val_every_n_epoch": trainer_cfg.get("check_val_every_n_epoch") or 1}
+        return {
+            "max_steps": -1, "val_check_interval": 1.0,
+            "check_val_every_n_epoch": trainer_cfg.get("check_val_every_n_epoch") or 1,
+        }
     interval, budget = trainer_cfg.get("val_check_interval") or 100, trainer_cfg.get("max_steps", -1)
     if isinstance(interval, int) and budget and budget > 0:
         interval = min(interval, budget)
