@@ -414,3 +414,31 @@ def test_a_scan_whose_resampled_grid_is_too_large_is_refused_naming_it(checkpoin
     with pytest.raises(ValueError, match=r"coarse.nii.gz: shape \(16, 16, 16\) .* is a \(4000, 4000, 4000\) grid"):
         predict(predict_config(checkpoint=resampling, input_path=path, output=tmp_path / "out"))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_box_prompted_prediction_keeps_only_what_lies_in_the_case_boxes(checkpoint, scan, tmp_path):
+    import json
+
+    plain = predict(predict_config(checkpoint, scan, tmp_path / "plain", threshold=0.0))  # every voxel: a full mask
+    full = np.asarray(nib.load(plain[0]).dataobj) > 0
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"patient 1": [[2, 3, 4, 8, 9, 10], [10, 12, 0, 20, 24, 5]]}))
+    prompted = predict(predict_config(checkpoint, scan, tmp_path / "prompted", threshold=0.0, boxes=str(boxes)))
+    mask = np.asarray(nib.load(prompted[0]).dataobj) > 0
+    inside = np.zeros(mask.shape, bool)
+    inside[2:8, 3:9, 4:10] = inside[10:20, 12:24, 0:5] = True
+    assert full.all() and np.array_equal(mask, inside)
+
+
+def test_box_prompts_missing_a_case_or_outside_the_scan_are_refused(checkpoint, scan, tmp_path):
+    import json
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"someone else": [[0, 0, 0, 2, 2, 2]]}))
+    with pytest.raises(ValueError, match=r"no boxes for case\(s\) \['patient 1'\]"):
+        predict(predict_config(checkpoint, scan, tmp_path / "a", boxes=str(other)))
+    outside = tmp_path / "outside.csv"
+    outside.write_text("case,i0,j0,k0,i1,j1,k1\npatient 1,0,0,0,30,2,2\n")
+    with pytest.raises(ValueError, match=r"outside.csv: case 'patient 1' .* outside the volume of shape \(20, 24, 18\)"):
+        predict(predict_config(checkpoint, scan, tmp_path / "b", boxes=str(outside)))
+    assert not (tmp_path / "b" / "patient 1_mask.nii.gz").exists()

@@ -140,8 +140,8 @@ def test_results_csv_rows_and_values(report):
     _, paths = report
     rows = read_results(paths["results_csv"])
     assert tuple(rows[0]) == RESULT_COLUMNS
-    # 3 runs x 2 cases, plus 2 reference rows x 2 cases
-    assert len(rows) == 10
+    # 3 runs x 2 cases, the best weak experiment's run kept in the test boxes x 2 cases, 2 reference rows x 2 cases
+    assert len(rows) == 12
     by_key = {(r["experiment"], r["seed"], r["case"]): r for r in rows}
     assert float(by_key["mdice_ms", "1", "case_a"]["dice"]) == pytest.approx(2 / 3)
     assert float(by_key["dice", "0", "case_a"]["dice"]) == pytest.approx(128 / 280)
@@ -172,6 +172,19 @@ def test_reference_rows_in_results(report):
     assert float(rows["box_threshold", "case_b"]["lesions_found"]) == 1
 
 
+def test_box_prompted_rows_keep_the_best_weak_run_inside_the_tight_test_boxes(report):
+    _, paths = report
+    rows = read_results(paths["results_csv"])
+    prompted = {r["case"]: r for r in rows if r["experiment"] == "box_prompted"}
+    plain = {r["case"]: r for r in rows if r["experiment"] == "dice"}  # the best weak experiment here
+    assert sorted(prompted) == sorted(plain) == ["case_a", "case_b"]
+    for case in prompted:
+        # Only false positives lie outside a lesion's tight box: Dice can rise, never fall.
+        assert float(prompted[case]["dice"]) >= float(plain[case]["dice"])
+        assert float(prompted[case]["lesions_false"]) <= float(plain[case]["lesions_false"])
+    assert any(float(prompted[c]["dice"]) > float(plain[c]["dice"]) for c in prompted)
+
+
 def test_results_md_mean_std_and_empty_count(report):
     _, paths = report
     text = paths["results_md"].read_text()
@@ -190,7 +203,8 @@ def test_results_md_order_and_reference_note(report):
     text = paths["results_md"].read_text()
     names = [ln.split("|")[1].strip() for ln in text.splitlines()
              if ln.startswith("| ") and not ln.startswith("| experiment")]
-    assert names == ["dice", "mdice_ms", "box *", "box_threshold *"]
+    assert names == ["dice", "mdice_ms", "box_prompted †", "box *", "box_threshold *"]
+    assert "† `box_prompted`: the best weak experiment, `dice`" in text
     assert "tight boxes from the **test labels**" in text
     assert "help at test time" in text
 
@@ -265,7 +279,7 @@ def test_cli_writes_to_out_dir(report, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "figure1.png", "figure2.png", "results.csv", "results.md"]
-    assert len(read_results(out / "results.csv")) == 10
+    assert len(read_results(out / "results.csv")) == 12
     # The summary table is printed, not only the paths.
     assert "| experiment | runs | n | Dice |" in proc.stdout
     assert "| mdice_ms | 2 | 4 | 0.667 ± 0.471 |" in proc.stdout

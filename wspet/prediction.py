@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
+from wspet.data.box_prompts import Box, read_box_prompts
 from wspet.data.check import validate_images
 from wspet.data.dicom import read_pet_series, write_nifti
 from wspet.data.format import NIFTI_SUFFIXES, Volume, case_name, load_image, read_dataset
@@ -33,6 +34,7 @@ from wspet.io import publish, write_csv
 from wspet.measurements import LESION_COLUMNS, describe, lesion_table
 from wspet.mip import save_mip_png
 from wspet.module import LesionSegmenter
+from wspet.postprocess.box_prompt import restrict_to_boxes
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +291,29 @@ def _write_staged(job: PredictionJob, image: Volume, mask: np.ndarray) -> list[P
     return written
 
 
+def box_prompts(path: str | None, jobs: list[PredictionJob]) -> dict[str, list[Box]] | None:
+    """The boxes of every job's case from the ``boxes`` file, or None without one.
+
+    Refused before any prediction (ValueError naming the file): a case of the input that the file
+    gives no boxes for. Cases of the file that are not inputs are ignored.
+    """
+    if not path:
+        return None
+    prompts = read_box_prompts(path)
+    missing = [job.name for job in jobs if job.name not in prompts]
+    if missing:
+        raise ValueError(f"{path}: no boxes for case(s) {missing[:10]} (the file has {sorted(prompts)[:10]})")
+    return prompts
+
+
+def prompted_mask(mask: np.ndarray, boxes: list[Box], job: PredictionJob, source: str) -> np.ndarray:
+    """``mask`` kept inside ``boxes``; a box outside the scan is refused naming the box file, case and box."""
+    try:
+        return restrict_to_boxes(mask, boxes)
+    except ValueError as error:
+        raise ValueError(f"{source}: case {job.name!r} ({job.image}): {error}") from None
+
+
 def predict(cfg: DictConfig) -> list[Path]:
     """Predict every input of ``cfg`` and write its outputs; return every written path, case by case.
 
@@ -304,6 +329,7 @@ def predict(cfg: DictConfig) -> list[Path]:
         for warning in report.warnings:
             log.warning(warning)
         report.raise_if_problems()
+    prompts = box_prompts(cfg.get("boxes"), jobs)
     model = load_model(cfg.ckpt, choose_device(cfg.device))
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
     written = []
@@ -311,6 +337,8 @@ def predict(cfg: DictConfig) -> list[Path]:
         image = load_volume(job)
         model.preprocessing.check_grid(image.array.shape, image.affine, job.image)  # before any big allocation
         mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size)
+        if prompts is not None:
+            mask = prompted_mask(mask, prompts[job.name], job, cfg.boxes)
         written += write_outputs(job, image, mask, overwrite=cfg.overwrite)
         log.info("%s: %d lesion voxels -> %s", job.name, int(mask.sum()), job.output)
     return written

@@ -34,7 +34,8 @@ from matplotlib.figure import Figure
 from wspet.io import atomic_path, write_text
 from wspet.overlays import draw_case
 from wspet.metrics import case_metrics
-from wspet.reference_rows import REFERENCE_ROWS
+from wspet.postprocess.box_prompt import restrict_to_boxes
+from wspet.reference_rows import REFERENCE_ROWS, tight_boxes
 
 METRICS = (
     "dice",
@@ -51,14 +52,19 @@ _COUNT_METRICS = ("lesions_found", "lesions_missed", "lesions_false", "pred_empt
 # Row order of the paper's Figure 1; reference rows last; unknown experiments after.
 PAPER_ORDER = (
     "fs",
+    "fs_dice_ce",
     "dice",
     "mdice",
     "mdice_ms",
     "mdice_ms_morph",
     "dice_levelset",
+    "pseudo",
+    "box_prompted",
     "box",
     "box_threshold",
 )
+# The best weak experiment's predictions kept inside the tight test boxes (box_prompted_results).
+BOX_PROMPTED = "box_prompted"
 # Experiments trained with the full labels (not weak): never Figure 2's default.
 FULLY_SUPERVISED = frozenset({"fs"})
 
@@ -253,6 +259,23 @@ def reference_results(data_root: str | os.PathLike) -> list[ResultRow]:
     return sorted(rows, key=lambda r: order.index(r["experiment"]))
 
 
+def box_prompted_results(runs: Sequence[RunRecord], data_root: str | os.PathLike, experiment: str) -> list[ResultRow]:
+    """Per-case metrics of ``experiment``'s predictions kept inside the tight boxes of the test labels.
+
+    The model used as a clinician would use it, with a box drawn around each lesion at test time;
+    the boxes are the reference rows' own, so the three rows get the same help. One row per
+    (seed, case), named :data:`BOX_PROMPTED`.
+    """
+    rows = []
+    for case in read_test_cases(data_root):
+        image, label, spacing, _ = _load_case(case)
+        boxes = tight_boxes(label)
+        for run in (r for r in runs if r.experiment == experiment):
+            prediction = restrict_to_boxes(_load_mask(run.prediction_path(case.name), image.shape), boxes)
+            rows.append({"experiment": BOX_PROMPTED, "seed": run.seed, "case": case.name} | case_metrics(prediction, label, spacing))
+    return rows
+
+
 def check_run_cases(runs: Sequence[RunRecord], cases: Sequence[str]) -> None:
     """ValueError naming the run folder when its test_metrics.csv lacks a test case of
     the dataset or holds a case the dataset does not list (a failed case is never
@@ -379,7 +402,7 @@ def summary_markdown(rows: Sequence[ResultRow], runs: Sequence[RunRecord] = ()) 
     ]
     for s in summarize(rows, runs):
         reference = s.experiment in REFERENCE_ROWS
-        name = f"{s.experiment} *" if reference else s.experiment
+        name = f"{s.experiment} *" if reference else f"{s.experiment} †" if s.experiment == BOX_PROMPTED else s.experiment
         n_runs = "–" if reference else str(s.n_seeds)
         if s.n_collapsed:
             n_runs += f" ({s.n_collapsed} collapsed)"
@@ -560,11 +583,15 @@ def write_report(
     data_root = sweep_data_root(runs)
     check_run_cases(runs, [c.name for c in read_test_cases(data_root)])
     rows = results_table(runs, reference_results(data_root))
+    prompted = default_figure_experiment(rows, runs)
+    rows = results_table(runs, box_prompted_results(runs, data_root, prompted) + reference_results(data_root))
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
+    note = (f"\n† `{BOX_PROMPTED}`: the best weak experiment, `{prompted}`, with its predictions kept inside the"
+            " reference rows' tight test boxes (`predict.py boxes=FILE`): the semi-automatic use.\n")
     return {
         "results_csv": _atomic_text(out / "results.csv", results_csv_text(rows)),
         "results_md": _atomic_text(
-            out / "results.md", "# Results\n\n" + summary_markdown(rows, runs)
+            out / "results.md", "# Results\n\n" + summary_markdown(rows, runs) + note
         ),
         "figure1": plot_figure1(rows, out / "figure1.png"),
         "figure2": plot_figure2(rows, runs, out / "figure2.png", figure_experiment),
