@@ -35,7 +35,7 @@ $(DATA)/dataset.json: | install
 
 data: $(DATA)/dataset.json
 
-# The default experiment: the box-Dice stage, then L_MDice + L_MS, evaluated on the test split.
+# The default experiment (loss=pseudo: labels made inside the boxes), evaluated on the test split.
 train: install data
 	$(PY) train.py data.root=$(DATA) $(ARGS)
 
@@ -62,10 +62,10 @@ bench: install
 
 # The paper's Figure 1 as one Hydra multirun over experiments and seeds, then the report
 # (results.csv, results.md, figure1.png, figure2.png in the sweep folder).
-ABLATION_EXPERIMENTS ?= fs,dice,mdice,mdice_ms,mdice_ms_morph,dice_levelset
-# With the stage cache one seed trains 5 distinct stages: two seeds took 56 min on 2 CPU cores
-# (docs/results/phantom-ablation.md), within the 90-minute budget there; on GPUs use more
-# (SEEDS=0,1,2,3,4).
+ABLATION_EXPERIMENTS ?= fs,dice,mdice,mdice_ms,mdice_ms_morph,dice_levelset,pseudo
+# With the stage cache one seed trains 6 distinct stages of up to 2000 steps (docs/training.md);
+# on 2 CPU cores run one seed per `make ablation` (SEEDS=0, then SEEDS=1 with the same SWEEP_DIR)
+# to stay within 90 minutes each; on GPUs use more (SEEDS=0,1,2,3,4).
 SEEDS ?= 0,1
 SWEEP_DIR ?= outputs/ablation/$(shell date +%Y-%m-%d_%H-%M-%S)
 ablation: install data
