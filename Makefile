@@ -64,12 +64,13 @@ bench: install
 # (results.csv, results.md, figure1.png, figure2.png in the sweep folder).
 ABLATION_EXPERIMENTS ?= fs,dice,mdice,mdice_ms,mdice_ms_morph,dice_levelset,pseudo
 # With the stage cache one seed trains 6 distinct stages of up to 2000 steps (docs/training.md);
-# on 2 CPU cores run one seed per `make ablation` (SEEDS=0, then SEEDS=1 with the same SWEEP_DIR)
-# to stay within 90 minutes each; on GPUs use more (SEEDS=0,1,2,3,4).
+# on 2 CPU cores run one seed per `make ablation` (SEEDS=0, then SEEDS=1 with the same SWEEP_DIR:
+# run folders are named <experiment>-seed<seed>) to stay within 90 minutes each; on GPUs use more (SEEDS=0,1,2,3,4).
 SEEDS ?= 0,1
 SWEEP_DIR ?= outputs/ablation/$(shell date +%Y-%m-%d_%H-%M-%S)
 ablation: install data
 	$(PY) train.py -m experiment=$(ABLATION_EXPERIMENTS) seed=$(SEEDS) data.root=$(DATA) \
+	    'hydra.sweep.subdir=$${experiment_name}-seed$${seed}' \
 	    hydra.sweep.dir=$(SWEEP_DIR) stage_cache=$(SWEEP_DIR)/stage_cache $(ARGS)
 	$(PY) -m wspet.report $(SWEEP_DIR)
 
