@@ -29,6 +29,7 @@ from wspet.data.box_prompts import Box, read_box_prompts
 from wspet.data.check import validate_images
 from wspet.data.dicom import read_pet_series, write_nifti
 from wspet.data.format import NIFTI_SUFFIXES, Volume, case_name, load_image, read_dataset
+from wspet.data.seg import write_seg
 from wspet.inference import predict_mask, save_mask
 from wspet.io import publish, write_csv
 from wspet.measurements import LESION_COLUMNS, describe, lesion_table
@@ -46,6 +47,8 @@ LESION_CSV_COLUMNS = ("case", *LESION_COLUMNS)
 # Output names are "<stem>_lesions.csv" and the like; a file name may have 255 bytes at most, so a
 # longer case name (a 300-character PatientID) is cut and made unique again by a hash of the whole.
 MAX_STEM_BYTES = 120
+# output_format: the mask as NIfTI only, or also as a DICOM SEG referencing a DICOM input series.
+OUTPUT_FORMATS = ("nifti", "dicom-seg")
 
 
 @dataclass(frozen=True)
@@ -240,8 +243,35 @@ def lesion_rows(name: str, mask: np.ndarray, image: Volume) -> list[dict]:
     return [{"case": name, **row} for row in lesion_table(mask, image.array, image.affine)]
 
 
-def write_outputs(job: PredictionJob, image: Volume, mask: np.ndarray, overwrite: bool = False) -> list[Path]:
+def seg_output(job: PredictionJob) -> Path:
+    """Where ``output_format=dicom-seg`` writes the job's DICOM SEG: ``<case>_seg.dcm`` beside its mask."""
+    return job.output.with_name(job.output.name.removesuffix("_mask.nii.gz") + "_seg.dcm")
+
+
+def check_output_format(output_format: str, jobs: list[PredictionJob], overwrite: bool) -> None:
+    """Refuse, before any prediction: an unknown ``output_format``; ``dicom-seg`` for an input that is
+    not a DICOM series (a SEG must reference the series it segments); an existing ``<case>_seg.dcm``
+    unless ``overwrite``."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format={output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    if output_format != "dicom-seg":
+        return
+    not_dicom = [str(job.image) for job in jobs if not job.is_dicom]
+    if not_dicom:
+        raise ValueError(f"output_format=dicom-seg needs DICOM series inputs; {not_dicom[:3]} are NIfTI "
+                         "(a SEG references the instances of the series it segments)")
+    existing = [str(seg_output(job)) for job in jobs if seg_output(job).exists()]
+    if existing and not overwrite:
+        raise FileExistsError("refusing to write:\n  " + "\n  ".join(
+            f"{path}: exists (pass overwrite=true to replace it)" for path in existing))
+
+
+def write_outputs(job: PredictionJob, image: Volume, mask: np.ndarray, overwrite: bool = False,
+                  output_format: str = "nifti") -> list[Path]:
     """Write the job's mask and whichever of SUV, lesion CSV and MIP it names; return them.
+
+    With ``output_format="dicom-seg"`` (a DICOM series input) the mask is also written as a DICOM
+    SEG referencing the series, :func:`seg_output`, returned last.
 
     All are written into a hidden folder in the output folder first and published together
     (:func:`wspet.io.publish`) only when every one is whole: a case that fails half-way leaves
@@ -256,9 +286,12 @@ def write_outputs(job: PredictionJob, image: Volume, mask: np.ndarray, overwrite
             for field in ("output", "lesions", "mip", "suv") if getattr(job, field) is not None
         })
         _write_staged(staged, image, mask)
+        pairs = list(zip(staged.outputs, job.outputs))
+        if output_format == "dicom-seg":
+            pairs.append((_write_staged_seg(job, mask, staging), seg_output(job)))
         published: list[Path] = []
         try:
-            for source, target in zip(staged.outputs, job.outputs):
+            for source, target in pairs:
                 published.append(publish(source, target, overwrite))
         except FileExistsError:
             for path in published:  # this run's own links; the other run's files stay
@@ -267,6 +300,13 @@ def write_outputs(job: PredictionJob, image: Volume, mask: np.ndarray, overwrite
         return published
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_staged_seg(job: PredictionJob, mask: np.ndarray, staging: Path) -> Path:
+    """The job's mask (I, J, K, on its series' grid) as a DICOM SEG in ``staging``."""
+    if not job.is_dicom:
+        raise ValueError(f"{job.image}: output_format=dicom-seg needs a DICOM series input, not a NIfTI file")
+    return write_seg(mask, job.image, staging / seg_output(job).name, label="lesion", automatic=True)
 
 
 def _write_staged(job: PredictionJob, image: Volume, mask: np.ndarray) -> list[Path]:
@@ -323,6 +363,8 @@ def predict(cfg: DictConfig) -> list[Path]:
     output = Path(cfg.output)
     jobs = plan_jobs(find_inputs(cfg.input, cfg.split), output, cfg.overwrite,
                      lesions_csv=cfg.lesions_csv, mip_png=cfg.mip_png, save_suv=cfg.save_suv)
+    output_format = cfg.get("output_format", "nifti")
+    check_output_format(output_format, jobs, cfg.overwrite)
     nifti = [job.image for job in jobs if not job.is_dicom]
     if nifti:
         report = validate_images(nifti)
@@ -339,6 +381,6 @@ def predict(cfg: DictConfig) -> list[Path]:
         mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size)
         if prompts is not None:
             mask = prompted_mask(mask, prompts[job.name], job, cfg.boxes)
-        written += write_outputs(job, image, mask, overwrite=cfg.overwrite)
+        written += write_outputs(job, image, mask, overwrite=cfg.overwrite, output_format=output_format)
         log.info("%s: %d lesion voxels -> %s", job.name, int(mask.sum()), job.output)
     return written

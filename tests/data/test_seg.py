@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 
 from tests.conftest import SHARED_DATA
-from tests.test_prediction import DICOM_SPACING, dicom_raw, write_dicom_series
+from tests.test_prediction import DICOM_SPACING, checkpoint, dicom_raw, predict_config, write_dicom_series
 from wspet.data.dicom import read_pet_series
 from wspet.data.rtstruct import rasterise_roi
-from wspet.data.seg import read_seg_mask, segment_labels, read_seg, write_seg
+from wspet.data.seg import read_seg, read_seg_mask, segment_labels, write_seg
+from wspet.prediction import predict
+
+__all__ = ["checkpoint"]  # the fixture, imported for pytest
 
 STS_001 = SHARED_DATA / "sts-fdg-pet-dicom" / "STS_001" / "FDG_PET"
 SHAPE = (20, 18, 12)  # (I, J, K) of dicom_raw
@@ -150,3 +154,32 @@ def test_write_refuses_a_series_without_study_attributes_naming_it(tmp_path):
     with pytest.raises(ValueError, match=r"bare: cannot make a DICOM SEG on this series: .*StudyInstanceUID"):
         write_seg(box_mask(2, 5, 2, 5, 1, 3), bare, tmp_path / "seg.dcm")
     assert not (tmp_path / "seg.dcm").exists()
+
+
+# --------------------------------------------------------------------------- predict.py output_format=dicom-seg
+
+
+def test_predict_writes_the_mask_as_a_seg_referencing_the_input_series(checkpoint, series, tmp_path):
+    written = predict(predict_config(checkpoint, series, tmp_path / "out", output_format="dicom-seg", threshold=0.45))
+    seg_file = tmp_path / "out" / "PT_7_a_seg.dcm"
+    assert written[-1] == seg_file
+    mask = np.asarray(nib.load(tmp_path / "out" / "PT_7_a_mask.nii.gz").dataobj)
+    pet = read_pet_series(series)
+    assert np.array_equal(read_seg_mask(seg_file, pet), mask)
+    assert read_seg(seg_file).ReferencedSeriesSequence[0].SeriesInstanceUID == pet.series_uid
+    assert 0 < mask.sum() < mask.size  # a mask with lesions and background: a flipped axis would show
+    for path in written[:-1]:
+        path.unlink()
+    with pytest.raises(FileExistsError, match="PT_7_a_seg.dcm: exists"):  # refused before predicting again
+        predict(predict_config(checkpoint, series, tmp_path / "out", output_format="dicom-seg"))
+    assert not (tmp_path / "out" / "PT_7_a_mask.nii.gz").exists()
+
+
+def test_predict_refuses_dicom_seg_for_nifti_input_and_unknown_formats(checkpoint, tmp_path):
+    image = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), image)
+    with pytest.raises(ValueError, match=r"dicom-seg needs DICOM series inputs; \[.*scan\.nii\.gz'\]"):
+        predict(predict_config(checkpoint, image, tmp_path / "out", output_format="dicom-seg"))
+    with pytest.raises(ValueError, match=r"output_format='rtstruct' is not one of nifti, dicom-seg"):
+        predict(predict_config(checkpoint, image, tmp_path / "out", output_format="rtstruct"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
