@@ -442,3 +442,144 @@ def test_box_prompts_missing_a_case_or_outside_the_scan_are_refused(checkpoint, 
     with pytest.raises(ValueError, match=r"outside.csv: case 'patient 1' .* outside the volume of shape \(20, 24, 18\)"):
         predict(predict_config(checkpoint, scan, tmp_path / "b", boxes=str(outside)))
     assert not (tmp_path / "b" / "patient 1_mask.nii.gz").exists()
+
+
+# --------------------------------------------------------------------------- scoring a labelled split
+
+
+def labels_of(dataset: Path) -> dict[str, Path]:
+    from wspet.data.format import read_dataset
+
+    return {case.image: case.label for case in read_dataset(dataset).test}
+
+
+def perfect_then_empty(dataset: Path):
+    """A predict_mask stand-in: the label for hn_006 (Dice 1), nothing for hn_007 (Dice 0)."""
+    from wspet.data.format import load_label
+
+    labels = labels_of(dataset)
+
+    def fake(model, image, *args, **kwargs):
+        if image.path.name.startswith("hn_006"):
+            return load_label(labels[image.path], image) > 0
+        return np.zeros(image.array.shape, bool)
+
+    return fake
+
+
+def test_a_labelled_split_gets_metrics_csv_and_the_summary_on_stdout(checkpoint, tiny_dataset, tmp_path, monkeypatch,
+                                                                     capsys):
+    from wspet.data.format import load_image, load_label
+    from wspet.evaluation import METRIC_COLUMNS
+    from wspet.metrics.lesions import lesion_detection
+
+    monkeypatch.setattr(wspet.prediction, "predict_mask", perfect_then_empty(tiny_dataset))
+    written = predict(predict_config(checkpoint, tiny_dataset, tmp_path / "out"))
+    assert written[-1] == tmp_path / "out" / "metrics.csv"
+    columns, rows = read_csv(written[-1])
+    assert columns == ["case", *METRIC_COLUMNS]
+    assert [row["case"] for row in rows] == ["hn_006", "hn_007", "mean"]
+    image = load_image(tiny_dataset / "imagesTs" / "hn_006.nii.gz")
+    lesions = lesion_detection(load_label(tiny_dataset / "labelsTs" / "hn_006.nii.gz", image),
+                               load_label(tiny_dataset / "labelsTs" / "hn_006.nii.gz", image)).found
+    perfect, empty, mean = ({key: float(value) for key, value in row.items() if key != "case"} for row in rows)
+    assert perfect == {"dice": 1.0, "ude_mm": 0.0, "hd95_mm": 0.0, "lesions_found": lesions, "lesions_missed": 0.0,
+                       "lesions_false": 0.0, "pred_empty": 0.0}
+    assert (empty["dice"], empty["pred_empty"], empty["lesions_found"]) == (0.0, 1.0, 0.0)
+    assert np.isnan(empty["ude_mm"]) and np.isnan(empty["hd95_mm"])
+    assert (mean["dice"], mean["ude_mm"], mean["pred_empty"]) == (0.5, 0.0, 0.5)  # distances over defined cases
+    out = capsys.readouterr().out
+    assert "Metrics of 2 labelled case(s):" in out
+    assert f"{'mean':<16}{0.5:>8.3f}{0.0:>10.2f}" in out
+    assert "mean of 2 case(s): Dice 0.500, UDE 0.00 mm, HD95 0.00 mm" in out
+    assert "(1 of 2 cases had an empty prediction)" in out and "not scored" not in out
+
+
+def test_cases_without_a_label_are_predicted_not_scored_and_said_so(checkpoint, tiny_dataset, tmp_path, monkeypatch,
+                                                                      capsys):
+    import json
+    import shutil
+
+    dataset = tmp_path / "data"
+    shutil.copytree(tiny_dataset, dataset)
+    index = json.loads((dataset / "dataset.json").read_text())
+    (second,) = [entry for entry in index["test"] if "hn_007" in entry["image"]]
+    del second["label"]
+    (dataset / "dataset.json").write_text(json.dumps(index))
+    monkeypatch.setattr(wspet.prediction, "predict_mask", perfect_then_empty(dataset))
+    written = predict(predict_config(checkpoint, dataset, tmp_path / "out"))
+    assert (tmp_path / "out" / "hn_007_mask.nii.gz") in written
+    _, rows = read_csv(tmp_path / "out" / "metrics.csv")
+    assert [(row["case"], float(row["dice"])) for row in rows] == [("hn_006", 1.0), ("mean", 1.0)]
+    assert "1 case(s) have no label: predicted, not scored (hn_007)" in capsys.readouterr().out
+
+    for entry in index["test"]:
+        entry.pop("label", None)
+    (dataset / "dataset.json").write_text(json.dumps(index))
+    written = predict(predict_config(checkpoint, dataset, tmp_path / "unlabelled"))
+    assert not (tmp_path / "unlabelled" / "metrics.csv").exists() and len(written) == 6
+    assert "2 case(s) have no label: predicted, not scored (hn_006, hn_007)" in capsys.readouterr().out
+
+
+def test_scans_that_are_not_a_dataset_are_not_scored(checkpoint, scan, tmp_path, capsys):
+    predict(predict_config(checkpoint, scan, tmp_path / "out", progress=False))
+    assert not (tmp_path / "out" / "metrics.csv").exists()
+    assert capsys.readouterr().out == ""
+
+
+def test_an_existing_metrics_csv_is_refused_before_predicting_unless_overwrite(checkpoint, tiny_dataset, tmp_path,
+                                                                                monkeypatch):
+    calls = []
+    fake = perfect_then_empty(tiny_dataset)
+    monkeypatch.setattr(wspet.prediction, "predict_mask", lambda *a, **k: calls.append(1) or fake(*a, **k))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.csv").write_text("an earlier evaluation")
+    with pytest.raises(FileExistsError, match=r"metrics.csv: exists \(pass overwrite=true"):
+        predict(predict_config(checkpoint, tiny_dataset, out))
+    assert calls == [] and (out / "metrics.csv").read_text() == "an earlier evaluation"
+    predict(predict_config(checkpoint, tiny_dataset, out, overwrite=True))
+    assert [row["case"] for row in read_csv(out / "metrics.csv")[1]] == ["hn_006", "hn_007", "mean"]
+    assert not list(out.glob(".*"))  # no staging folder left
+
+
+def test_metrics_csv_written_meanwhile_by_another_run_is_kept(tmp_path):
+    from wspet.prediction import write_metrics
+
+    target = tmp_path / "metrics.csv"
+    target.write_text("the other run's")
+    row = {"case": "a", "dice": 0.5, "ude_mm": 1.0, "hd95_mm": 2.0, "lesions_found": 1.0, "lesions_missed": 0.0,
+           "lesions_false": 0.0, "pred_empty": 0.0}
+    with pytest.raises(FileExistsError, match=r"metrics.csv: exists \(another run wrote it\?\)"):
+        write_metrics(target, [row])
+    assert target.read_text() == "the other run's" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+    write_metrics(target, [row], overwrite=True)
+    assert [r["case"] for r in read_csv(target)[1]] == ["a", "mean"]
+
+
+def test_postprocess_morphology_from_the_predict_config_reaches_the_prediction(checkpoint, tiny_dataset, tmp_path,
+                                                                               monkeypatch):
+    from tests.conftest import compose_config
+    from wspet.postprocess.morphology import open_and_filter
+
+    cfg = compose_config("predict", [f"ckpt={checkpoint}", f"input={tiny_dataset}", f"output={tmp_path / 'out'}",
+                                     "postprocess=morphology", "window=[32,32,32]", "overlap=[0,0,0]", "device=cpu",
+                                     "mip_png=false", "lesions_csv=false"])
+    steps = []
+    fake = perfect_then_empty(tiny_dataset)
+    monkeypatch.setattr(wspet.prediction, "predict_mask",
+                        lambda model, image, postprocess, *a, **k: steps.append(postprocess) or fake(model, image))
+    predict(cfg)
+    assert [step.func for step in steps] == [open_and_filter, open_and_filter]
+    assert steps[0].keywords == {"radius_mm": 3.5, "min_volume_ml": 0.5}
+    assert [row["case"] for row in read_csv(tmp_path / "out" / "metrics.csv")[1]] == ["hn_006", "hn_007", "mean"]
+
+
+def test_progress_bars_over_scans_and_windows_unless_switched_off(checkpoint, scan, tmp_path, capsys):
+    predict(predict_config(checkpoint, scan, tmp_path / "on"))
+    err = capsys.readouterr().err
+    # 20 x 24 x 18 voxels in 16^3 windows overlapping by 4: 2 x 2 x 2 windows.
+    assert "predicting" in err and "windows:" in err and "/8 [" in err
+    predict(predict_config(checkpoint, scan, tmp_path / "off", progress=False))
+    err = capsys.readouterr().err
+    assert "predicting" not in err and "windows" not in err

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from wspet.data.check import spacing_text
 from wspet.data.format import NIFTI_SUFFIXES, Volume
@@ -98,6 +100,7 @@ def sliding_window(
     overlap: Sequence[int],
     batch_size: int = 2,
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> np.ndarray:
     """``fn`` over a volume ``(I, J, K)`` of any size, window by window, Gaussian-blended.
 
@@ -107,7 +110,9 @@ def sliding_window(
     most ``batch_size`` windows on ``device`` and must return the same shape; each output voxel
     is the :func:`gaussian_importance`-weighted mean of the windows covering it.
     Returns float32 ``(I, J, K)``. Raises ValueError for a bad window, overlap or batch size,
-    an output of another shape, or non-finite outputs.
+    an output of another shape, or non-finite outputs. ``progress`` shows a tqdm bar of the
+    windows on stderr (a whole-body scan takes a minute on a CPU); nested in another bar, it is
+    cleared when done.
     """
     if volume.ndim != 3:
         raise ValueError(f"volume shape {volume.shape} is not 3D (I, J, K)")
@@ -116,19 +121,23 @@ def sliding_window(
         raise ValueError(f"batch_size {batch_size} is not >= 1")
     padded, crop = _pad_to_window(np.asarray(volume, dtype=np.float32), window)
     # Corners are generated lazily, batch by batch: not even their list grows with the volume.
-    corners = itertools.product(*(window_starts(n, w, o) for n, w, o in zip(padded.shape, window, overlap)))
+    starts = [window_starts(n, w, o) for n, w, o in zip(padded.shape, window, overlap)]
+    corners = itertools.product(*starts)
     weights = gaussian_importance(window)
     weighted = np.zeros(padded.shape, np.float32)
     total = np.zeros(padded.shape, np.float32)
-    while batch_corners := list(itertools.islice(corners, int(batch_size))):
-        regions = [tuple(slice(c, c + w) for c, w in zip(corner, window)) for corner in batch_corners]
-        batch = torch.from_numpy(np.stack([padded[r] for r in regions])[:, None]).to(device)
-        result = fn(batch)
-        if tuple(result.shape) != tuple(batch.shape):
-            raise ValueError(f"model output shape {tuple(result.shape)} != window batch shape {tuple(batch.shape)}")
-        for region, probs in zip(regions, result.detach().float().cpu().numpy()[:, 0]):
-            weighted[region] += probs * weights
-            total[region] += weights
+    bar = tqdm(total=math.prod(len(s) for s in starts), desc="windows", unit="window", disable=not progress, leave=None)
+    with bar:
+        while batch_corners := list(itertools.islice(corners, int(batch_size))):
+            regions = [tuple(slice(c, c + w) for c, w in zip(corner, window)) for corner in batch_corners]
+            batch = torch.from_numpy(np.stack([padded[r] for r in regions])[:, None]).to(device)
+            result = fn(batch)
+            if tuple(result.shape) != tuple(batch.shape):
+                raise ValueError(f"model output shape {tuple(result.shape)} != window batch shape {tuple(batch.shape)}")
+            for region, probs in zip(regions, result.detach().float().cpu().numpy()[:, 0]):
+                weighted[region] += probs * weights
+                total[region] += weights
+            bar.update(len(regions))
     weighted /= total
     bad = int(np.count_nonzero(~np.isfinite(weighted)))
     if bad:
@@ -145,6 +154,7 @@ def predict_probabilities(
     overlap: Sequence[int] = (32, 32, 16),
     batch_size: int = 2,
     precision: str = AUTO,
+    progress: bool = False,
 ) -> np.ndarray:
     """Lesion probabilities ``(I, J, K)`` float32 for a PET volume ``(I, J, K)`` in SUV.
 
@@ -159,6 +169,7 @@ def predict_probabilities(
     ``precision`` is resolved as the trainer's (:func:`wspet.precision.resolve_precision`): with
     ``auto``, the network runs under bf16 autocast on CPUs with AVX512-BF16 or AMX and on GPUs
     with bf16, in float32 elsewhere; the probabilities and their blending stay float32.
+    ``progress``: a bar of the windows (:func:`sliding_window`).
     """
     if image.ndim != 3:
         raise ValueError(f"image shape {image.shape} is not 3D")
@@ -174,7 +185,8 @@ def predict_probabilities(
         with torch.autocast(device, dtype=choice.autocast_dtype, enabled=choice.autocast_dtype is not None):
             return model(batch)
 
-    probs = sliding_window(forward, prepare.normalise(network_image), window, overlap, batch_size, model.device)
+    probs = sliding_window(forward, prepare.normalise(network_image), window, overlap, batch_size, model.device,
+                           progress=progress)
     return prepare.to_native_grid(probs, network_affine, image.shape, affine)
 
 
@@ -203,14 +215,16 @@ def predict_mask(
     overlap: Sequence[int] = (32, 32, 16),
     threshold: float = 0.5,
     batch_size: int = 2,
+    progress: bool = False,
 ) -> np.ndarray:
     """Binary lesion mask ``(I, J, K)`` for ``image``: probabilities > ``threshold``, post-processed.
 
     Logs a warning naming the file when the model works at native spacing and ``image``'s spacing
     is off the training volumes' median by more than :data:`SPACING_WARNING_RATIO` on an axis.
+    ``progress``: a bar of the windows (:func:`sliding_window`).
     """
     warn_if_spacing_differs(model, image)
-    probs = predict_probabilities(model, image.array, image.affine, window, overlap, batch_size)
+    probs = predict_probabilities(model, image.array, image.affine, window, overlap, batch_size, progress=progress)
     mask = probs > threshold
     del probs
     if postprocess is not None:

@@ -3,7 +3,9 @@
 Inputs (``find_inputs``): a NIfTI file, a folder of NIfTI files, a wspet dataset folder (one
 split), or a DICOM PET series folder (converted to SUV on the fly). Outputs per case, in the
 output folder (``plan_jobs``): ``<case>_mask.nii.gz``, and as configured ``<case>_lesions.csv``,
-``<case>_mip.png`` and, for DICOM inputs, ``<case>_suv.nii.gz``. See ``docs/prediction.md``.
+``<case>_mip.png`` and, for DICOM inputs, ``<case>_suv.nii.gz``. A dataset split whose cases
+have labels is also scored: ``metrics.csv`` (one row per labelled case and their mean, as in
+training's test evaluation) and the same summary on stdout. See ``docs/prediction.md``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from tqdm import tqdm
 from wspet.data.box_prompts import Box, read_box_prompts
 from wspet.data.check import validate_images
 from wspet.data.dicom import read_pet_series, write_nifti
-from wspet.data.format import NIFTI_SUFFIXES, Volume, case_name, load_image, read_dataset
+from wspet.data.format import NIFTI_SUFFIXES, Volume, case_name, load_image, load_label, read_dataset
 from wspet.data.seg import write_seg
+from wspet.evaluation import METRIC_COLUMNS, format_table, mean_metrics
 from wspet.inference import predict_mask, save_mask
 from wspet.io import publish, write_csv
 from wspet.measurements import LESION_COLUMNS, describe, lesion_table
+from wspet.metrics import case_metrics
 from wspet.mip import save_mip_png
 from wspet.module import LesionSegmenter
 from wspet.postprocess.box_prompt import restrict_to_boxes
@@ -44,6 +48,9 @@ DICOM_SUFFIX = ".dcm"
 # folder of thousands of slices is recognised without reading them.
 DICOM_PROBES = 3
 LESION_CSV_COLUMNS = ("case", *LESION_COLUMNS)
+METRICS_CSV = "metrics.csv"
+METRICS_CSV_COLUMNS = ("case", *METRIC_COLUMNS)
+SUMMARY_CASE = "mean"  # the case column of metrics.csv's last row
 # Output names are "<stem>_lesions.csv" and the like; a file name may have 255 bytes at most, so a
 # longer case name (a 300-character PatientID) is cut and made unique again by a hash of the whole.
 MAX_STEM_BYTES = 120
@@ -157,6 +164,14 @@ def find_inputs(input_path: str | Path, split: str = "test") -> list[tuple[str, 
     return [(case_name(p), p) for p in nifti]
 
 
+def find_labels(input_path: str | Path, split: str = "test") -> dict[str, Path | None] | None:
+    """``{case: label or None}`` of ``split`` for a dataset folder input; None for any other input."""
+    path = Path(input_path)
+    if not (path.is_dir() and (path / "dataset.json").is_file()):
+        return None
+    return {case.name: case.label for case in read_dataset(path).split(split)}
+
+
 def file_stem(name: str) -> str:
     """``name`` as the start of an output file name: cut to :data:`MAX_STEM_BYTES` plus a hash when longer."""
     if len(name.encode()) <= MAX_STEM_BYTES:
@@ -206,6 +221,17 @@ def plan_jobs(
     if problems:
         raise FileExistsError("refusing to write:\n  " + "\n  ".join(problems))
     return jobs
+
+
+def plan_metrics(output: Path, labels: dict[str, Path | None] | None, overwrite: bool) -> Path | None:
+    """``output/metrics.csv`` when some case has a label, else None; refused (FileExistsError) when
+    it exists and not ``overwrite``, before anything is predicted."""
+    if not labels or not any(labels.values()):
+        return None
+    target = Path(output) / METRICS_CSV
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"refusing to write:\n  {target}: exists (pass overwrite=true to replace it)")
+    return target
 
 
 # --------------------------------------------------------------------------- model and volumes
@@ -331,6 +357,46 @@ def _write_staged(job: PredictionJob, image: Volume, mask: np.ndarray) -> list[P
     return written
 
 
+def summary_row(rows: list[dict]) -> dict:
+    """The mean of each metric over ``rows`` (:func:`wspet.evaluation.mean_metrics`), as a metrics.csv row."""
+    means = mean_metrics(rows)
+    return {"case": SUMMARY_CASE, **{column: means[column] for column in METRIC_COLUMNS}}
+
+
+def write_metrics(path: Path, rows: list[dict], overwrite: bool = False) -> Path:
+    """``path`` (metrics.csv): ``rows`` (``case`` and :data:`METRIC_COLUMNS`) then :func:`summary_row`.
+
+    Written whole in a hidden folder beside it, then published as the case files are: created
+    exclusively unless ``overwrite`` (FileExistsError naming it if another run wrote it meanwhile).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".predict-"))
+    try:
+        staged = write_csv(staging / path.name, [*rows, summary_row(rows)], METRICS_CSV_COLUMNS)
+        return publish(staged, path, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def metrics_summary(rows: list[dict], unscored: list[str]) -> str:
+    """The terminal summary: per-case Dice and UDE with their mean, then every metric's mean,
+    and the cases predicted but not scored (no label)."""
+    lines = []
+    if rows:
+        mean = summary_row(rows)
+        lines += [
+            format_table(rows, f"Metrics of {len(rows)} labelled case(s):"),
+            f"mean of {len(rows)} case(s): Dice {mean['dice']:.3f}, UDE {mean['ude_mm']:.2f} mm, "
+            f"HD95 {mean['hd95_mm']:.2f} mm, lesions per case found {mean['lesions_found']:.2f}, "
+            f"missed {mean['lesions_missed']:.2f}, false {mean['lesions_false']:.2f}, "
+            f"empty predictions {mean['pred_empty']:.2f}",
+        ]
+    if unscored:
+        shown = ", ".join(unscored[:10]) + (", ..." if len(unscored) > 10 else "")
+        lines.append(f"{len(unscored)} case(s) have no label: predicted, not scored ({shown})")
+    return "\n".join(lines)
+
+
 def box_prompts(path: str | None, jobs: list[PredictionJob]) -> dict[str, list[Box]] | None:
     """The boxes of every job's case from the ``boxes`` file, or None without one.
 
@@ -355,14 +421,19 @@ def prompted_mask(mask: np.ndarray, boxes: list[Box], job: PredictionJob, source
 
 
 def predict(cfg: DictConfig) -> list[Path]:
-    """Predict every input of ``cfg`` and write its outputs; return every written path, case by case.
+    """Predict every input of ``cfg`` and write its outputs; return every written path, case by case,
+    then ``metrics.csv`` when some case was scored.
 
     NIfTI inputs are validated (``validate_images``) before the model is loaded; a DICOM series is
-    checked as it is read (``read_pet_series``).
+    checked as it is read (``read_pet_series``). The cases of a dataset split that have a label are
+    scored on the final mask (after ``postprocess`` and ``boxes``) with
+    :func:`wspet.metrics.case_metrics`; the summary (:func:`metrics_summary`) goes to stdout.
     """
     output = Path(cfg.output)
     jobs = plan_jobs(find_inputs(cfg.input, cfg.split), output, cfg.overwrite,
                      lesions_csv=cfg.lesions_csv, mip_png=cfg.mip_png, save_suv=cfg.save_suv)
+    labels = find_labels(cfg.input, cfg.split)
+    metrics_csv = plan_metrics(output, labels, cfg.overwrite)
     output_format = cfg.get("output_format", "nifti")
     check_output_format(output_format, jobs, cfg.overwrite)
     nifti = [job.image for job in jobs if not job.is_dicom]
@@ -374,13 +445,23 @@ def predict(cfg: DictConfig) -> list[Path]:
     prompts = box_prompts(cfg.get("boxes"), jobs)
     model = load_model(cfg.ckpt, choose_device(cfg.device))
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
-    written = []
-    for job in tqdm(jobs, desc="predicting", unit="scan"):
+    progress = bool(cfg.get("progress", True))
+    written, scores = [], []
+    for job in tqdm(jobs, desc="predicting", unit="scan", disable=not progress):
         image = load_volume(job)
         model.preprocessing.check_grid(image.array.shape, image.affine, job.image)  # before any big allocation
-        mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size)
+        label_path = (labels or {}).get(job.name)
+        label = None if label_path is None else load_label(label_path, image)  # a bad label fails before the prediction
+        mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size,
+                            progress=progress)
         if prompts is not None:
             mask = prompted_mask(mask, prompts[job.name], job, cfg.boxes)
         written += write_outputs(job, image, mask, overwrite=cfg.overwrite, output_format=output_format)
         log.info("%s: %d lesion voxels -> %s", job.name, int(mask.sum()), job.output)
+        if label is not None:
+            scores.append({"case": job.name, **case_metrics(mask, label, image.spacing)})
+    if metrics_csv is not None:
+        written.append(write_metrics(metrics_csv, scores, overwrite=cfg.overwrite))
+    if labels is not None:
+        print(metrics_summary(scores, [job.name for job in jobs if labels.get(job.name) is None]))
     return written
