@@ -178,8 +178,8 @@ def save_mip_png(
     """
     _check(suv, mask, affine)
     warnings = mask_warnings(mask, affine, max_components, max_volume_ml)
-    for warning in warnings:
-        log.warning("%s: %s", path, warning)
+    for warning in warnings:  # the name only: a caller may draw in a staging folder
+        log.warning("%s: %s", Path(path).name, warning)
     figure = mip_figure(suv, mask, affine, title, vmax, warnings)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=dpi)
