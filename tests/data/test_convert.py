@@ -475,3 +475,85 @@ def test_real_sts_cases_convert(tmp_path):
     copied = load_image(index.training[0].image)
     assert np.array_equal(copied.array, np.asarray(source.dataobj, dtype=np.float32))
     assert np.allclose(copied.affine, source.affine)
+
+
+# --------------------------------------------------------------------------- DICOM series + DICOM SEG
+
+
+def dicom_seg_case(root: Path, name: str, seed: int) -> tuple[Path, np.ndarray, np.ndarray]:
+    """``root/name/`` as a TCIA download holds it: a PET series folder and a folder of two SEG files.
+
+    Returns the series folder and the masks of the SEGs' segments "GTV primary" and "GTV node".
+    """
+    from tests.data.test_seg import SHAPE as SEG_SHAPE
+    from tests.data.test_seg import box_mask, rewrite_series
+    from tests.test_prediction import dicom_raw, write_dicom_series
+    from wspet.data.seg import write_seg
+
+    series = write_dicom_series(root / name / "1-PET AC" / "pet", dicom_raw(SEG_SHAPE) + seed)
+    rewrite_series(series, StudyInstanceUID=f"1.2.3.{seed}", PatientName="Doe^Jane", PatientBirthDate="",
+                   PatientSex="O", StudyID="1", StudyDate="20200101", StudyTime="110000", AccessionNumber="",
+                   ReferringPhysicianName="", SeriesNumber=3, InstanceNumber=1)
+    primary, node = box_mask(2, 5, 2, 5 + seed, 1, 3), box_mask(10, 14, 8, 12, 6, 9)
+    write_seg(primary, series, root / name / "2-SEG" / "1-1.dcm", label="GTV primary", automatic=False)
+    write_seg(node, series, root / name / "2-SEG" / "1-2.dcm", label="GTV node", automatic=False)
+    return series, primary, node
+
+
+def test_dicom_seg_layout_reads_the_chosen_segments_onto_the_series_grid(tmp_path, capsys):
+    from wspet.data.dicom import read_pet_series
+
+    cases = {name: dicom_seg_case(tmp_path / "src", name, seed) for seed, name in enumerate(["HN-01", "HN-02"])}
+    assert main([str(tmp_path / "src"), str(tmp_path / "out"), "--layout", "dicom-seg", "--segments", "GTV primary",
+                 "--test-fraction", "0.5"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed[:2]] == ["[1/2] HN-01", "[2/2] HN-02"]  # progress per case
+    assert "1 training + 1 test cases" in printed[-1]  # and a summary
+    index = read_dataset(tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert meta["conversion"]["segments"] == ["GTV primary"]
+    assert meta["conversion"]["cases"]["HN-01"]["segs"] == ["HN-01/2-SEG/1-1.dcm", "HN-01/2-SEG/1-2.dcm"]
+    for case in (*index.training, *index.test):
+        series, primary, _ = cases[case.name]
+        pet = read_pet_series(series)
+        volume = load_image(case.image)
+        assert np.allclose(volume.array, pet.suv) and np.allclose(volume.affine, pet.affine)
+        assert np.array_equal(load_label(case.label, volume), primary)
+
+
+def test_dicom_seg_layout_takes_every_segment_by_default(tmp_path):
+    _, primary, node = dicom_seg_case(tmp_path / "src", "HN-01", 0)
+    convert_dataset(tmp_path / "src", tmp_path / "out", layout="dicom-seg", test_fraction=1.0, log=quiet)
+    case = read_dataset(tmp_path / "out").test[0]
+    assert np.array_equal(load_label(case.label, load_image(case.image)), primary | node)
+
+
+def test_dicom_seg_layout_refusals_name_the_file(tmp_path):
+    dicom_seg_case(tmp_path / "src", "HN-01", 0)
+    with pytest.raises(ValueError, match=r"\['Lymph node'\] not found; the SEG files have .*1-1\.dcm: 1 'GTV primary'"):
+        convert_dataset(tmp_path / "src", tmp_path / "out", layout="dicom-seg", segments=["Lymph node"], log=quiet)
+    with pytest.raises(ValueError, match=r"--segments \['1'\]: only with --layout dicom-seg"):
+        convert_dataset(tmp_path / "src", tmp_path / "out", segments=["1"], log=quiet)
+    shutil.rmtree(tmp_path / "src" / "HN-01" / "1-PET AC")
+    with pytest.raises(ValueError, match=r"2-SEG/1-1\.dcm: references series [\d.]+, which is not in .*HN-01"):
+        convert_dataset(tmp_path / "src", tmp_path / "out", layout="dicom-seg", log=quiet)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "sts-fdg-pet-dicom" / "STS_001").is_dir(), reason="shared data absent")
+def test_dicom_seg_layout_converts_sts_001_with_its_gtv_as_seg(tmp_path):
+    from wspet.data.dicom import read_pet_series
+    from wspet.data.rtstruct import rasterise_roi
+    from wspet.data.seg import write_seg
+
+    source = SHARED_DATA / "sts-fdg-pet-dicom" / "STS_001" / "FDG_PET"
+    shutil.copytree(source / "image", tmp_path / "src" / "STS_001" / "PET")
+    pet = read_pet_series(source / "image")
+    gtv = rasterise_roi(source / "mask" / "1-1.dcm", "GTV_Mass", pet)
+    write_seg(gtv, source / "image", tmp_path / "src" / "STS_001" / "SEG" / "1-1.dcm", label="GTV_Mass", automatic=False)
+    summary = convert_dataset(tmp_path / "src", tmp_path / "out", layout="dicom-seg", test_fraction=1.0, log=quiet)
+    case = read_dataset(tmp_path / "out").test[0]
+    volume = load_image(case.image)
+    assert np.array_equal(load_label(case.label, volume), gtv) and np.allclose(volume.array, pet.suv)
+    assert summary["test"] == ["STS_001"] and len(case.boxes) == 1

@@ -6,7 +6,12 @@
   ``shared/data/sts-fdg-pet``);
 - ``hecktor``: flat ``<case>_pt.nii.gz`` + ``<case>_gtvt.nii.gz``, at any depth (HECKTOR 2021);
 - ``glob``: a pattern pair given with ``--image-glob`` / ``--label-glob`` (relative to SRC,
-  ``**`` for any depth).
+  ``**`` for any depth);
+- ``dicom-seg``: ``<case>/`` folders of DICOM files at any depth (a TCIA download such as
+  QIN-HEADNECK): one or more DICOM SEG files, and the PET series they reference (found by
+  SeriesInstanceUID among the case's series folders), converted to SUV by
+  :func:`wspet.data.dicom.read_pet_series`. The label is the union of the SEG segments chosen by
+  ``--segments`` (labels or numbers; all by default), read by :func:`wspet.data.seg.read_seg_mask`.
 
 Case names (:func:`case_key`): the part of the file name matched by the wildcards of the
 pattern's last component (``*_pt.nii.gz`` names ``CHGJ007_pt.nii.gz`` ``CHGJ007``); when that
@@ -26,7 +31,7 @@ inside OUT are refused (docs/security.md). See ``docs/real_data.md``.
 
 CLI::
 
-    python -m wspet.data.convert SRC OUT [--layout sts|hecktor|glob|auto] [--weak]
+    python -m wspet.data.convert SRC OUT [--layout sts|hecktor|dicom-seg|glob|auto] [--segments ...] [--weak]
         [--test-fraction 0.25] [--seed 0] [--box-margin-mm MM | --box-scale S |
         --boxes-file BOXES.csv [--boxes-lps]] [--crop-superior-mm MM] [--limit N]
 """
@@ -48,9 +53,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
 from wspet.data.boxes import Box, box_dice, boxes_from_label, clip_box
+from wspet.data.dicom import read_pet_series
 from wspet.data.format import (
     AFFINE_TOLERANCE_MM,
     MIN_BOX_FRACTION_INSIDE,
@@ -61,12 +69,14 @@ from wspet.data.format import (
     read_dataset,
     read_voxels,
 )
+from wspet.data.seg import SEG_SOP_CLASS_UID, read_seg_mask
 from wspet.io import new_folder_mode, save_nifti, write_text
 
 LAYOUTS = {
     "sts": ("*/PET_image.nii.gz", "*/PET_mask.nii.gz"),
     "hecktor": ("**/*_pt.nii.gz", "**/*_gtvt.nii.gz"),
 }
+DICOM_SEG_LAYOUT = "dicom-seg"
 SPLIT_FOLDERS = {"training": ("imagesTr", "labelsTr"), "test": ("imagesTs", "labelsTs")}
 # Largest angle between an axis of the label's grid and the nearest axis of the image's grid
 # that is still read as "the same orientation" (scanner round-off, not a real rotation).
@@ -81,11 +91,15 @@ _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 @dataclass(frozen=True)
 class SourceCase:
-    """One case found in SRC: its name and its image and label files."""
+    """One case found in SRC: its name and its image and label files.
+
+    A DICOM case's ``image`` is its PET series folder and ``segs`` its SEG files (``label`` the first).
+    """
 
     name: str
     image: Path
     label: Path
+    segs: tuple[Path, ...] = ()
 
 
 @dataclass
@@ -184,6 +198,67 @@ def find_cases(
     if not images:
         raise ValueError(f"{src}: no files match {image_glob!r}")
     return [SourceCase(name, images[name], labels[name]) for name in sorted(images)]
+
+
+def _series_folders(case_dir: Path) -> tuple[list[Path], dict[str, Path]]:
+    """The SEG files under ``case_dir`` and its image series folders by SeriesInstanceUID.
+
+    A folder's first readable DICOM file stands for its series (TCIA downloads keep one series per
+    folder); every file of a folder whose first file is a SEG is read as a SEG.
+    """
+    segs, series = [], {}
+    for folder in sorted({p.parent for p in case_dir.rglob("*") if p.is_file() and not p.name.startswith(".")}):
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        for path in files:
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True,
+                                         specific_tags=["SOPClassUID", "SeriesInstanceUID", "Modality"])
+            except (InvalidDicomError, OSError):
+                continue
+            if str(header.get("SOPClassUID", "")) == SEG_SOP_CLASS_UID:
+                segs += files
+            else:
+                series.setdefault(str(header.get("SeriesInstanceUID", "")), folder)
+            break
+    return segs, series
+
+
+def _referenced_series(seg_path: Path) -> str:
+    header = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    referenced = header.get("ReferencedSeriesSequence") or []
+    if not referenced:
+        raise ValueError(f"{seg_path}: DICOM SEG without ReferencedSeriesSequence (0008,1115): cannot tell its PET series")
+    return str(referenced[0].get("SeriesInstanceUID", ""))
+
+
+def find_dicom_cases(src: str | Path) -> list[SourceCase]:
+    """The ``dicom-seg`` cases of ``src`` (one per sub-folder holding a SEG), sorted by name.
+
+    Each case's SEG files must reference one series, and that series must be in the case's folder;
+    ValueError naming the files otherwise, or when no folder holds a SEG.
+    """
+    src = Path(src)
+    cases, problems = [], []
+    for case_dir in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        segs, series = _series_folders(case_dir)
+        if not segs:
+            problems.append(f"{case_dir}: no DICOM SEG file")
+            continue
+        wanted = {_referenced_series(path): path for path in segs}
+        if len(wanted) > 1:
+            problems.append(f"{case_dir}: its SEG files reference {len(wanted)} series: "
+                            + ", ".join(f"{uid} ({path.name})" for uid, path in wanted.items()))
+        elif next(iter(wanted)) not in series:
+            problems.append(f"{segs[0]}: references series {next(iter(wanted))}, which is not in {case_dir}")
+        elif not _CASE_NAME.fullmatch(case_dir.name):
+            problems.append(f"{case_dir}: case name {case_dir.name!r} is not a plain file name ([A-Za-z0-9._-])")
+        else:
+            cases.append(SourceCase(case_dir.name, series[next(iter(wanted))], segs[0], tuple(segs)))
+    if problems:
+        raise ValueError(f"{src} (layout {DICOM_SEG_LAYOUT}): " + "; ".join(problems))
+    if not cases:
+        raise ValueError(f"{src}: no case folders (layout {DICOM_SEG_LAYOUT}: <case>/ with a PET series and DICOM SEG)")
+    return cases
 
 
 # --------------------------------------------------------------------------- grids
@@ -453,17 +528,25 @@ def convert_case(
     box_margin_mm: float = 0.0,
     box_scale: float = 1.0,
     world_boxes: list[np.ndarray] | None = None,
+    segments: Sequence[str] | None = None,
 ) -> ConvertedCase:
     """Load one case, put its label on the image's grid, crop, and give it boxes.
 
-    ``world_boxes`` (RAS mm) replace the label-derived boxes when given.
+    ``world_boxes`` (RAS mm) replace the label-derived boxes when given. A DICOM case's label is the
+    union of the ``segments`` (all when None) of its SEG files, on its series' grid.
     """
-    image = load_image(case.image)
-    raw = open_nifti(case.label, "label")  # its declared size is checked before anything is decompressed
-    label_array, label_affine = read_voxels(raw, case.label), np.asarray(raw.affine, dtype=np.float64)
-    label, resampled = label_on_image_grid(label_array, label_affine, image.array.shape, image.affine,
-                                           case.image, case.label)
-    array, affine, dropped = image.array, image.affine, 0
+    if case.segs:
+        pet = read_pet_series(case.image)
+        array, affine, resampled = pet.suv, pet.affine, False
+        label_array = label = read_seg_mask(case.segs, pet, segments)
+    else:
+        image = load_image(case.image)
+        raw = open_nifti(case.label, "label")  # its declared size is checked before anything is decompressed
+        label_array, label_affine = read_voxels(raw, case.label), np.asarray(raw.affine, dtype=np.float64)
+        label, resampled = label_on_image_grid(label_array, label_affine, image.array.shape, image.affine,
+                                               case.image, case.label)
+        array, affine = image.array, image.affine
+    dropped = 0
     if crop_superior_mm is not None:
         array, label, affine, dropped = crop_superior(array, label, affine, crop_superior_mm)
         if label.sum() == 0 and np.any(label_array):
@@ -477,8 +560,11 @@ def convert_case(
 
 
 def check_headers(cases: Sequence[SourceCase]) -> None:
-    """Check every case's frames from the NIfTI headers alone, before anything is written."""
-    for case in cases:
+    """Check every case's frames from the NIfTI headers alone, before anything is written.
+
+    DICOM cases are checked as they are read (:func:`wspet.data.seg.read_seg_mask`).
+    """
+    for case in (c for c in cases if not c.segs):
         image, label = open_nifti(case.image, "image"), open_nifti(case.label, "label")  # sizes checked too
         if label.shape[:3] != image.shape[:3] or not np.allclose(label.affine, image.affine, atol=AFFINE_TOLERANCE_MM):
             check_frames(image.affine, image.shape[:3], label.affine, label.shape[:3], case.image, case.label)
@@ -587,21 +673,24 @@ def _write_case(case: ConvertedCase, out: Path, split: str, keep_label: bool) ->
 
 def _convert_into(found: Sequence[SourceCase], test: Sequence[str], folder: Path, weak: bool,
                   crop_superior_mm: float | None, box_margin_mm: float, box_scale: float,
-                  world: dict | None, src: Path, log) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+                  world: dict | None, src: Path, log, segments: Sequence[str] | None = None,
+                  ) -> tuple[dict[str, list[dict]], dict[str, dict]]:
     """Convert and write every case into ``folder``; return the dataset.json entries and provenance."""
     entries: dict[str, list[dict]] = {"training": [], "test": []}
     provenance: dict[str, dict] = {}
-    for case in found:
+    for number, case in enumerate(found, start=1):
         split = "test" if case.name in test else "training"
         converted = convert_case(case, crop_superior_mm, box_margin_mm, box_scale,
-                                 None if world is None else world[case.name])
+                                 None if world is None else world[case.name], segments)
         entries[split].append(_write_case(converted, folder, split, keep_label=split == "test" or not weak))
         provenance[case.name] = {
             "image": str(case.image.relative_to(src)), "label": str(case.label.relative_to(src)),
             "resampled_label": converted.resampled, "cropped_slices": converted.cropped_slices,
             "box_dice": box_dice(converted.boxes, converted.label),
         }
-        log(f"{case.name}: {split:8s} {'x'.join(map(str, converted.image.shape))}"
+        if case.segs:
+            provenance[case.name]["segs"] = [str(p.relative_to(src)) for p in case.segs]
+        log(f"[{number}/{len(found)}] {case.name}: {split:8s} {'x'.join(map(str, converted.image.shape))}"
             f"{' (label resampled)' if converted.resampled else ''}"
             f"{f' ({converted.cropped_slices} slices cropped)' if converted.cropped_slices else ''}"
             f"  {len(converted.boxes)} box(es), box/label Dice {provenance[case.name]['box_dice']:.3f}")
@@ -672,6 +761,7 @@ def convert_dataset(
     cases: Sequence[str] | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    segments: Sequence[str] | None = None,
     log=print,
 ) -> dict:
     """Convert ``src`` into a wspet dataset in ``out`` (see the module docstring).
@@ -684,8 +774,16 @@ def convert_dataset(
     """
     src, out = Path(src), Path(out)
     _check_options(box_margin_mm, box_scale, boxes_file, crop_superior_mm, limit)
-    layout, image_glob, label_glob = resolve_layout(src, layout, image_glob, label_glob)
-    every = find_cases(src, "glob", image_glob, label_glob)
+    if segments and layout != DICOM_SEG_LAYOUT:
+        raise ValueError(f"--segments {list(segments)}: only with --layout {DICOM_SEG_LAYOUT}")
+    if layout == DICOM_SEG_LAYOUT:
+        if not src.is_dir():
+            raise ValueError(f"{src}: source folder does not exist")
+        image_glob = label_glob = None
+        every = find_dicom_cases(src)
+    else:
+        layout, image_glob, label_glob = resolve_layout(src, layout, image_glob, label_glob)
+        every = find_cases(src, "glob", image_glob, label_glob)
     found = _select(every, cases, limit, src)
     world = read_world_boxes(boxes_file, boxes_lps) if boxes_file is not None else None
     if world is not None:
@@ -699,7 +797,7 @@ def convert_dataset(
     staging = _staging_folder(out)
     try:
         entries, provenance = _convert_into(found, test, staging, weak, crop_superior_mm, box_margin_mm, box_scale,
-                                            world, src, log)
+                                            world, src, log, segments)
         dice = {name: p["box_dice"] for name, p in provenance.items()}
         mean, std = _mean_std(list(dice.values()))
         box_rule = ({"source": "file", "file": str(boxes_file), "frame": "LPS" if boxes_lps else "RAS"}
@@ -707,6 +805,7 @@ def convert_dataset(
                     else {"source": "label", "margin_mm": box_margin_mm, "scale": box_scale, "connectivity": 26})
         conversion = {
             "source": str(src), "layout": layout, "image_glob": image_glob, "label_glob": label_glob,
+            "segments": list(segments) if segments else None,
             "seed": seed, "test_fraction": test_fraction, "weak": weak, "boxes": box_rule,
             "crop_superior_mm": crop_superior_mm, "box_dice_mean": mean, "box_dice_std": std,
             "cases": provenance,
@@ -730,11 +829,14 @@ def convert_dataset(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wspet.data.convert",
-        description="Convert per-patient PET NIfTI files into the wspet dataset format (docs/real_data.md).",
+        description="Convert per-patient PET (NIfTI files, or DICOM series with DICOM SEG) into the wspet dataset format (docs/real_data.md).",
     )
     parser.add_argument("src", type=Path, help="source folder (never modified)")
     parser.add_argument("out", type=Path, help="output dataset folder (must be empty unless --overwrite)")
-    parser.add_argument("--layout", default="auto", choices=["auto", "glob", *LAYOUTS])
+    parser.add_argument("--layout", default="auto", choices=["auto", "glob", *LAYOUTS, DICOM_SEG_LAYOUT],
+                        help=f"{DICOM_SEG_LAYOUT}: <case>/ folders of DICOM, a PET series and its DICOM SEG file(s)")
+    parser.add_argument("--segments", nargs="+",
+                        help=f"{DICOM_SEG_LAYOUT}: SEG segment labels or numbers making the label (default: all)")
     parser.add_argument("--image-glob", help="image pattern relative to SRC, e.g. '*/PET_image.nii.gz'")
     parser.add_argument("--label-glob", help="label pattern relative to SRC, e.g. '*/PET_mask.nii.gz'")
     parser.add_argument("--test-fraction", type=float, default=0.25, help="share of cases in the test list (0.25)")
@@ -761,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             test_fraction=args.test_fraction, seed=args.seed, weak=args.weak, box_margin_mm=args.box_margin_mm,
             box_scale=args.box_scale, boxes_file=args.boxes_file, boxes_lps=args.boxes_lps,
             crop_superior_mm=args.crop_superior_mm, limit=args.limit, cases=args.cases, name=args.name,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, segments=args.segments,
         )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
