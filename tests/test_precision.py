@@ -113,3 +113,18 @@ def test_bf16_autocast_on_a_cpu_switches_the_network_to_channels_last():
     assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
     assert all(a is b for a, b in zip(optimised, model.parameters()))  # the same tensors: an optimiser keeps them
     assert (probs - expected).abs().max() < 2e-2
+
+
+@pytest.mark.parametrize("flags, expected", [(SAPPHIRE_RAPIDS, BF16), (AVX2_ONLY, FP32)])
+def test_the_run_summary_records_the_resolved_precision(flags, expected, train_config, tmp_path, monkeypatch):
+    import functools
+
+    import wspet.training
+    from wspet.precision import resolve_precision as real
+    from wspet.stage_result import StageResult
+
+    faked = functools.partial(real, cpu_flags=lambda: flags.split(), cpu_capability=lambda: "AVX512")
+    monkeypatch.setattr(wspet.training, "resolve_precision", faked)
+    monkeypatch.setattr(wspet.training, "best_validation_metric", lambda cfg, stage: {})  # no checkpoint to read
+    stage = StageResult(name="dice", checkpoint=tmp_path / "checkpoints" / "best.ckpt", collapsed=False)
+    assert wspet.training.run_summary(train_config(tmp_path), [stage])["precision"] == expected

@@ -111,6 +111,13 @@ def median_seconds(
     step: Callable[[], object], settings: Settings, device: torch.device, warmup: int | None = None, repeats: int | None = None
 ) -> float:
     """Median time of ``step`` over ``repeats`` calls after ``warmup`` (allocator, kernel choice); ``settings``' by default."""
+    return statistics.median(sample_seconds(step, settings, device, warmup, repeats))
+
+
+def sample_seconds(
+    step: Callable[[], object], settings: Settings, device: torch.device, warmup: int | None = None, repeats: int | None = None
+) -> list[float]:
+    """Times of ``repeats`` calls of ``step`` after ``warmup`` untimed ones."""
     for _ in range(settings.warmup if warmup is None else warmup):
         step()
     times = []
@@ -120,7 +127,7 @@ def median_seconds(
         step()
         synchronise(device)
         times.append(now(settings.clock) - start)
-    return statistics.median(times)
+    return times
 
 
 def autocast(choice: PrecisionChoice, device: torch.device):
@@ -256,8 +263,13 @@ def step_case(root: Path, size: tuple, batch: int, settings: Settings, device: t
         cfg = bench_config(root, size, batch, settings, precision)
         datamodule = data_module(cfg)
         image, target = first_batch(datamodule, cfg.loss.supervision, device)
-        bare = median_seconds(bare_step(cfg, image, target), settings, device)
+        # The bare step is timed before and after the Lightning run, so that a change in the load of a
+        # shared machine during the case biases neither figure of the ratio.
+        step = bare_step(cfg, image, target)
+        half = -(-settings.repeats // 2)
+        before = sample_seconds(step, settings, device, repeats=half)
         full = full_step_seconds(lightning_run(cfg, datamodule, settings, device, validate=False), settings.warmup)
+        bare = statistics.median(before + sample_seconds(step, settings, device, 0, half))
         case[name] = {"bare_s": bare, "full_s": full, "full_over_bare": full / bare}
     case.setdefault("auto", case["fp32"])
     case["auto_speedup"] = case["fp32"]["bare_s"] / case["auto"]["bare_s"]
@@ -320,9 +332,11 @@ def loss_seconds(image: torch.Tensor, target: torch.Tensor, settings: Settings) 
         if not spec.get("module"):
             continue
         loss_fn = instantiate(spec.module)  # conf/loss is the project's own configuration
+        # Only pseudo-labels mark voxels to ignore (2); every other loss takes a {0, 1} mask.
+        mask = target if spec.get("supervision") == "pseudo" else (target == 1).to(target.dtype)
 
         def step() -> None:
-            loss_fn(image, torch.sigmoid(logits), target)["loss"].backward()
+            loss_fn(image, torch.sigmoid(logits), mask)["loss"].backward()
             logits.grad = None
 
         seconds[spec.get("name", path.stem)] = median_seconds(step, settings, image.device)
@@ -364,7 +378,18 @@ def validation_share(root: Path, settings: Settings, device: torch.device, step_
 # --------------------------------------------------------------------------- whole-body prediction
 
 
-def _peak_rss_mb() -> float:
+def _memory_mb(field: str = "VmHWM") -> float:
+    """This process's peak (``VmHWM``) or current (``VmRSS``) resident memory in MB.
+
+    Read from Linux's /proc, because ``ru_maxrss`` survives ``execve``: a spawned child would report
+    its parent's peak when that was higher. Elsewhere, ``ru_maxrss``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -376,12 +401,13 @@ def _prediction_case(queue, net: dict, loss: dict, precision: str, settings: Set
     torch.manual_seed(0)
     model = LesionSegmenter(net=net, loss=loss).to(device)
     image = np.random.default_rng(0).gamma(2.0, 0.5, size=settings.volume).astype(np.float32)
+    before_mb = _memory_mb("VmRSS")  # the interpreter, torch, the model and the volume
 
     def step() -> None:
         predict_probabilities(model, image, np.eye(4), settings.window, settings.overlap, batch_size=2, precision=precision)
 
     seconds = median_seconds(step, settings, torch.device(device), 1, settings.prediction_repeats)
-    result = {"seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+    result = {"seconds": seconds, "peak_rss_mb": _memory_mb(), "rss_before_mb": before_mb}
     if device == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     queue.put(result)
@@ -557,8 +583,9 @@ def table(result: dict) -> str:
     lines.append(f"validation {val['validation_s']:.1f} s per {val['steps_between']} steps ({val['training_s']:.1f} s): "
                  f"{val['share']:.1%}")
     pred = result["prediction"]
-    lines.append(f"prediction {'x'.join(map(str, pred['volume']))}: fp32 {pred['fp32']['seconds']:.2f} s "
-                 f"{pred['fp32']['peak_rss_mb']:.0f} MB, auto {pred['auto']['seconds']:.2f} s {pred['auto']['peak_rss_mb']:.0f} MB")
+    lines.append(f"prediction {'x'.join(map(str, pred['volume']))}: " + ", ".join(
+        f"{p} {pred[p]['seconds']:.2f} s, peak {pred[p]['peak_rss_mb']:.0f} MB ({pred[p]['rss_before_mb']:.0f} MB before)"
+        for p in ("fp32", "auto")))
     lines.append(f"load average (1 and 5 min, before / after): {result['machine']['load_average']}")
     lines += [f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in result["checks"].items()]
     return "\n".join(lines)
