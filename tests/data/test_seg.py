@@ -120,7 +120,15 @@ def test_seg_off_the_series_grid_is_refused_naming_the_file(series, tmp_path):
 def test_other_pixel_spacing_is_refused(series, tmp_path):
     write_seg(box_mask(2, 5, 2, 5, 1, 3), series, tmp_path / "seg.dcm")
     rewrite_series(series, PixelSpacing=[DICOM_SPACING[1] * 1.5, DICOM_SPACING[0] * 1.5])
-    with pytest.raises(ValueError, match=r"seg\.dcm: SEG grid \(spacing \[3\.0, 4\.0, 4\.0\] mm"):
+    with pytest.raises(ValueError, match=r"seg\.dcm: SEG grid \(spacing \[3\.0, 4\.0, 4\.0\] mm\) is not the PET"):
+        read_seg_mask(tmp_path / "seg.dcm", read_pet_series(series))
+
+
+def test_a_seg_finer_than_the_series_is_refused_not_subsampled(series, tmp_path):
+    write_seg(box_mask(2, 5, 2, 5, 1, 3), series, tmp_path / "seg.dcm")
+    rewrite_series(series, PixelSpacing=[DICOM_SPACING[1] * 2, DICOM_SPACING[0] * 2])
+    with pytest.raises(ValueError, match=r"seg\.dcm: SEG grid \(spacing \[3\.0, 4\.0, 4\.0\] mm\) is not the PET "
+                                         r"series' grid \(spacing \[3\.0, 8\.0, 8\.0\] mm\)"):
         read_seg_mask(tmp_path / "seg.dcm", read_pet_series(series))
 
 

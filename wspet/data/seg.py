@@ -93,10 +93,16 @@ def _pet_geometry(pet: PetVolume) -> hd.VolumeGeometry:
 
 
 def _check_axes(volume: hd.Volume, grid: hd.VolumeGeometry, path: Path) -> None:
-    for axis in volume.unit_vectors():
-        if max(abs(axis @ other) for other in grid.unit_vectors()) < 1 - AXIS_TOLERANCE:
+    """Each SEG axis along a PET axis, with its spacing: highdicom would subsample a finer SEG."""
+    for axis, spacing in zip(volume.unit_vectors(), volume.spacing):
+        cosines = [abs(axis @ other) for other in grid.unit_vectors()]
+        if max(cosines) < 1 - AXIS_TOLERANCE:
             raise ValueError(f"{path}: SEG axes {np.round(volume.unit_vectors(), 4).tolist()} are rotated against "
                              f"the PET series' {np.round(grid.unit_vectors(), 4).tolist()}")
+        expected = grid.spacing[int(np.argmax(cosines))]
+        if abs(spacing - expected) > SPACING_TOLERANCE * expected:
+            raise ValueError(f"{path}: SEG grid (spacing {np.round(volume.spacing, 4).tolist()} mm) is not the PET "
+                             f"series' grid (spacing {np.round(grid.spacing, 4).tolist()} mm); SEG is not resampled")
 
 
 def _mask_of(seg: hd.seg.Segmentation, numbers: list[int], pet: PetVolume, path: Path) -> np.ndarray:
