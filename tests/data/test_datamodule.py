@@ -87,3 +87,31 @@ def test_sampled_patches_are_centred_in_the_box_as_often_as_asked():
 def test_patch_larger_than_volume_refused(tiny_dataset):
     with pytest.raises(ValueError, match="larger than volume_size"):
         PetDataModule(tiny_dataset, volume_size=(32, 32, 32), patch_size=(48, 32, 32))
+
+
+def test_without_volume_size_volumes_stay_whole_padded_to_the_multiple_and_the_patch(tmp_path):
+    from wspet.data.phantom import write_phantom_dataset
+
+    root = tmp_path / "odd"
+    write_phantom_dataset(root, n_train=3, n_test=1, seed=2, shape=(40, 36, 28))
+    dm = PetDataModule(root, volume_size=None, patch_size=(16, 16, 40), shape_multiple=16, val_fraction=0.34)
+    dm.setup()
+    volume = next(iter(dm.val_dataloader()))
+    # 40 -> 48 and 36 -> 48 (multiples of 16); 28 -> 40 (the patch) -> 48 (the multiple): nothing cropped.
+    assert volume["image"]["data"].shape[2:] == (48, 48, 48)
+    raw = dm.val_subjects[0]["box"].data
+    assert volume["box"]["data"].sum() == raw.sum()  # every box voxel is still there
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"]["data"].shape[2:] == (16, 16, 40)
+
+
+def test_pseudo_supervision_carries_labels_made_in_the_boxes(tiny_dataset):
+    dm = PetDataModule(tiny_dataset, supervision="pseudo", volume_size=(32, 32, 32), patch_size=(16, 16, 16),
+                       val_fraction=0.34, pseudo_labels={"method": "fraction", "band": 0.0})
+    dm.setup()
+    subject = dm.train_subjects[0]
+    pseudo, box = subject["pseudo"].data, subject["box"].data
+    assert "label" not in subject  # made from the image and boxes, never from a training label
+    assert pseudo.sum() > 0 and torch.all(pseudo[box == 0] == 0)  # lesion only inside boxes
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["pseudo"]["data"].shape == (2, 1, 16, 16, 16)

@@ -62,6 +62,22 @@ def make_subject(
     return tio.Subject(fields)
 
 
+class PadToAtLeast(tio.SpatialTransform):
+    """Pad a subject (evenly on both sides, with each image's minimum) to at least ``shape`` voxels."""
+
+    def __init__(self, shape: Sequence[int], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shape = tuple(int(s) for s in shape)
+        self.args_names = ["shape"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        missing = [max(0, want - have) for want, have in zip(self.shape, subject.spatial_shape)]
+        if not any(missing):
+            return subject
+        padding = [side for m in missing for side in (m // 2, m - m // 2)]
+        return tio.Pad(padding, padding_mode="minimum")(subject)
+
+
 class PetDataModule(L.LightningDataModule):
     """Training patches and validation volumes from a wspet dataset folder.
 
@@ -78,9 +94,13 @@ class PetDataModule(L.LightningDataModule):
         pseudo_labels: how ``pseudo`` labels are made (keyword arguments of
             :func:`~wspet.data.pseudo_labels.pseudo_label`); used with ``supervision="pseudo"``.
         volume_size: every volume is cropped or padded to this size (the paper's 160x160x128),
-            after resampling to ``target_spacing``.
+            after resampling to ``target_spacing``; ``None`` keeps each volume whole, padded to a
+            multiple of ``shape_multiple`` and to at least ``patch_size``, so that training sees
+            every part of a scan that inference will see.
         patch_size: training patch size, at most ``volume_size``; equal sizes train on whole
             volumes as the paper did.
+        shape_multiple: with ``volume_size=None``, volumes are padded to a multiple of this (the
+            U-Net's ``2 ** (levels - 1)``).
         box_sampling_probability: chance that a training patch is centred inside a box.
         target_spacing, intensity, suv_scale: the :class:`Preprocessing` of every volume
             (``None``: native spacing; ``zscore`` or ``suv`` intensities).
@@ -90,8 +110,9 @@ class PetDataModule(L.LightningDataModule):
         self,
         root: str | Path,
         supervision: str = "box",
-        volume_size: Sequence[int] = (96, 96, 64),
+        volume_size: Sequence[int] | None = (96, 96, 64),
         patch_size: Sequence[int] = (64, 64, 64),
+        shape_multiple: int = 16,
         batch_size: int = 2,
         samples_per_volume: int = 2,
         queue_length: int = 16,
@@ -119,12 +140,15 @@ class PetDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.supervision = supervision
         self.pseudo_labels = (pseudo_labels or {}) if supervision == "pseudo" else None
-        self.volume_size = tuple(int(s) for s in volume_size)
+        self.volume_size = None if volume_size is None else tuple(int(s) for s in volume_size)
         self.patch_size = tuple(int(s) for s in patch_size)
-        if len(self.volume_size) != 3 or len(self.patch_size) != 3:
+        self.shape_multiple = int(shape_multiple)
+        if len(self.volume_size or (0, 0, 0)) != 3 or len(self.patch_size) != 3:
             raise ValueError(f"volume_size {volume_size} and patch_size {patch_size} need 3 values each")
-        if any(p > v for p, v in zip(self.patch_size, self.volume_size)):
+        if self.volume_size and any(p > v for p, v in zip(self.patch_size, self.volume_size)):
             raise ValueError(f"patch_size {self.patch_size} is larger than volume_size {self.volume_size}")
+        if self.shape_multiple < 1:
+            raise ValueError(f"shape_multiple {shape_multiple} must be >= 1")
         self.batch_size = batch_size
         self.samples_per_volume = samples_per_volume
         self.queue_length = queue_length
@@ -169,7 +193,13 @@ class PetDataModule(L.LightningDataModule):
 
     def preprocessing(self) -> tio.Compose:
         """Deterministic steps shared by training, validation and inference."""
-        return tio.Compose([*self.prepare.transforms(), tio.CropOrPad(self.volume_size, padding_mode="minimum")])
+        if self.volume_size is not None:
+            return tio.Compose([*self.prepare.transforms(), tio.CropOrPad(self.volume_size, padding_mode="minimum")])
+        return tio.Compose([
+            *self.prepare.transforms(),
+            PadToAtLeast(self.patch_size),
+            tio.EnsureShapeMultiple(self.shape_multiple, method="pad"),
+        ])
 
     def augmentation(self) -> tio.Compose:
         steps = []
