@@ -76,7 +76,8 @@ def mask_warnings(mask: np.ndarray | None, affine: np.ndarray, max_components: i
     if components > max_components:
         warnings.append(f"WARNING: {components} components (more than {max_components}): likely false positives")
     if volume_ml > max_volume_ml:
-        warnings.append(f"WARNING: {volume_ml:.0f} ml predicted (more than {max_volume_ml:g} ml): far beyond typical lesions")
+        warnings.append(f"WARNING: {volume_ml:.0f} ml predicted (more than {max_volume_ml:g} ml): "
+                        "far beyond typical lesions")
     return warnings
 
 
