@@ -31,7 +31,7 @@ from wspet.data.box_prompts import Box, read_box_prompts
 from wspet.data.check import validate_images
 from wspet.data.dicom import read_pet_series, write_nifti
 from wspet.data.format import NIFTI_SUFFIXES, Volume, case_name, load_image, load_label, read_dataset
-from wspet.data.seg import write_seg
+from wspet.data.seg import SeriesGrid, read_seg_mask, series_frame_of_reference, write_seg
 from wspet.evaluation import METRIC_COLUMNS, format_table, mean_metrics
 from wspet.inference import predict_mask, save_mask
 from wspet.io import publish, write_csv
@@ -328,6 +328,34 @@ def write_outputs(job: PredictionJob, image: Volume, mask: np.ndarray, overwrite
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def seg_labels(seg: str | list | None, jobs: list[PredictionJob]) -> dict[str, tuple[Path, ...]] | None:
+    """``{case: SEG files}`` for ``seg=FILE`` (or a list of files), None without ``seg``.
+
+    Refused before any prediction (ValueError): ``seg`` with an input that is not one DICOM series
+    (a SEG is read onto the grid of the series it segments), and a SEG file that does not exist.
+    """
+    if not seg:
+        return None
+    paths = tuple(Path(p) for p in ([seg] if isinstance(seg, (str, Path)) else seg))
+    if len(jobs) != 1 or not jobs[0].is_dicom:
+        raise ValueError(f"seg={[str(p) for p in paths]}: needs one DICOM series as input, not "
+                         f"{[str(job.image) for job in jobs][:3]}")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"seg: {missing} do not exist")
+    return {jobs[0].name: paths}
+
+
+def load_case_label(label: Path | tuple[Path, ...], image: Volume, job: PredictionJob,
+                    segments: list | None = None) -> np.ndarray:
+    """A case's label on ``image``'s grid: a NIfTI label (``load_label``) or, for a DICOM series, the
+    union of the chosen ``segments`` of its SEG file(s) (``read_seg_mask``), (I, J, K) uint8."""
+    if not isinstance(label, tuple):
+        return load_label(label, image)
+    grid = SeriesGrid(image.affine, tuple(image.array.shape), series_frame_of_reference(job.image), job.image)
+    return read_seg_mask(label, grid, None if segments is None else list(segments))
+
+
 def _write_staged_seg(job: PredictionJob, mask: np.ndarray, staging: Path) -> Path:
     """The job's mask (I, J, K, on its series' grid) as a DICOM SEG in ``staging``."""
     if not job.is_dicom:
@@ -432,7 +460,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     output = Path(cfg.output)
     jobs = plan_jobs(find_inputs(cfg.input, cfg.split), output, cfg.overwrite,
                      lesions_csv=cfg.lesions_csv, mip_png=cfg.mip_png, save_suv=cfg.save_suv)
-    labels = find_labels(cfg.input, cfg.split)
+    labels = seg_labels(cfg.get("seg"), jobs) or find_labels(cfg.input, cfg.split)
     metrics_csv = plan_metrics(output, labels, cfg.overwrite)
     output_format = cfg.get("output_format", "nifti")
     check_output_format(output_format, jobs, cfg.overwrite)
@@ -451,7 +479,8 @@ def predict(cfg: DictConfig) -> list[Path]:
         image = load_volume(job)
         model.preprocessing.check_grid(image.array.shape, image.affine, job.image)  # before any big allocation
         label_path = (labels or {}).get(job.name)
-        label = None if label_path is None else load_label(label_path, image)  # a bad label fails before the prediction
+        # a bad label fails before the prediction
+        label = None if label_path is None else load_case_label(label_path, image, job, cfg.get("segments"))
         mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size,
                             progress=progress)
         if prompts is not None:

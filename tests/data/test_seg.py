@@ -191,3 +191,33 @@ def test_predict_refuses_dicom_seg_for_nifti_input_and_unknown_formats(checkpoin
     with pytest.raises(ValueError, match=r"output_format='rtstruct' is not one of nifti, dicom-seg"):
         predict(predict_config(checkpoint, image, tmp_path / "out", output_format="rtstruct"))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# --------------------------------------------------------------------------- predict.py seg=FILE
+
+
+def test_predict_scores_a_dicom_case_against_its_seg(checkpoint, series, tmp_path):
+    import csv
+
+    truth = box_mask(3, 9, 4, 7, 2, 5)
+    write_seg(truth, series, tmp_path / "truth.dcm", label="GTV primary", automatic=False)
+    written = predict(predict_config(checkpoint, series, tmp_path / "out", seg=str(tmp_path / "truth.dcm"),
+                                     segments=["GTV primary"], threshold=0.45))
+    assert written[-1] == tmp_path / "out" / "metrics.csv"
+    mask = np.asarray(nib.load(tmp_path / "out" / "PT_7_a_mask.nii.gz").dataobj) > 0
+    expected = 2 * np.logical_and(mask, truth).sum() / (mask.sum() + truth.sum())
+    with written[-1].open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["case"] == "PT_7_a" and float(rows[0]["dice"]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_predict_refuses_a_seg_without_the_segment_before_predicting(checkpoint, series, tmp_path):
+    write_seg(box_mask(3, 9, 4, 7, 2, 5), series, tmp_path / "truth.dcm", label="GTV primary")
+    with pytest.raises(ValueError, match=r"\['Lymph node'\] not found; the SEG files have .*truth\.dcm: 1 'GTV primary'"):
+        predict(predict_config(checkpoint, series, tmp_path / "out", seg=str(tmp_path / "truth.dcm"),
+                               segments=["Lymph node"]))
+    assert not (tmp_path / "out" / "PT_7_a_mask.nii.gz").exists()
+    image = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), image)
+    with pytest.raises(ValueError, match=r"seg=\[.*truth\.dcm'\]: needs one DICOM series as input"):
+        predict(predict_config(checkpoint, image, tmp_path / "out2", seg=str(tmp_path / "truth.dcm")))

@@ -20,6 +20,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -35,6 +36,34 @@ from wspet.io import new_folder_mode, publish
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 # Largest angle cosine deficit between a SEG axis and the PET axis it lies along (about 2.6 deg).
 AXIS_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class SeriesGrid:
+    """What a SEG is checked and placed against: a series' voxel grid and frame of reference.
+
+    affine: (4, 4) voxel (i, j, k) -> RAS+ mm, as :class:`wspet.data.dicom.PetVolume`'s; shape: (I, J, K).
+    """
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    frame_of_reference_uid: str
+    series_dir: Path
+
+    @classmethod
+    def of(cls, pet: PetVolume) -> SeriesGrid:
+        return cls(pet.affine, tuple(pet.suv.shape), pet.frame_of_reference_uid, Path(pet.series_dir))
+
+
+def series_frame_of_reference(series_dir: str | os.PathLike) -> str:
+    """The FrameOfReferenceUID of the first readable DICOM image file in ``series_dir`` ('' if none)."""
+    for path in sorted(p for p in Path(series_dir).iterdir() if p.is_file() and not p.name.startswith(".")):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
+        except (InvalidDicomError, OSError):
+            continue
+        return str(header.get("FrameOfReferenceUID", ""))
+    return ""
 
 
 def _wspet_version() -> str:
@@ -86,10 +115,10 @@ def choose_segments(seg: hd.seg.Segmentation, segments: Sequence[str | int] | No
     return sorted(chosen)
 
 
-def _pet_geometry(pet: PetVolume) -> hd.VolumeGeometry:
+def _pet_geometry(pet: SeriesGrid) -> hd.VolumeGeometry:
     """The series' grid as highdicom sees it: axes (slice, row, column), LPS mm."""
     lps = np.linalg.inv(LPS_TO_RAS) @ pet.affine
-    return hd.VolumeGeometry(lps[:, [2, 1, 0, 3]], pet.suv.shape[::-1], "PATIENT", pet.frame_of_reference_uid)
+    return hd.VolumeGeometry(lps[:, [2, 1, 0, 3]], pet.shape[::-1], "PATIENT", pet.frame_of_reference_uid)
 
 
 def _check_axes(volume: hd.Volume, grid: hd.VolumeGeometry, path: Path) -> None:
@@ -105,7 +134,7 @@ def _check_axes(volume: hd.Volume, grid: hd.VolumeGeometry, path: Path) -> None:
                              f"series' grid (spacing {np.round(grid.spacing, 4).tolist()} mm); SEG is not resampled")
 
 
-def _mask_of(seg: hd.seg.Segmentation, numbers: list[int], pet: PetVolume, path: Path) -> np.ndarray:
+def _mask_of(seg: hd.seg.Segmentation, numbers: list[int], pet: SeriesGrid, path: Path) -> np.ndarray:
     """The union of segments ``numbers`` of ``seg`` on the PET grid, (I, J, K) bool."""
     if str(seg.SegmentationType) == "FRACTIONAL":
         raise ValueError(f"{path}: SegmentationType FRACTIONAL is not supported (a binary lesion mask is needed)")
@@ -128,16 +157,18 @@ def _mask_of(seg: hd.seg.Segmentation, numbers: list[int], pet: PetVolume, path:
     inside, total = int(np.count_nonzero(matched.array)), int(np.count_nonzero(volume.array))
     if inside != total:
         raise ValueError(f"{path}: {total - inside} of {total} segmented voxels lie outside the PET series "
-                         f"{pet.series_dir} ({pet.suv.shape} voxels)")
+                         f"{pet.series_dir} ({pet.shape} voxels)")
     return np.transpose(matched.array, (2, 1, 0)) > 0
 
 
 def read_seg_mask(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
-    pet: PetVolume,
+    pet: PetVolume | SeriesGrid,
     segments: Sequence[str | int] | None = None,
 ) -> np.ndarray:
     """The union of the chosen segments of the SEG file(s) ``paths`` on ``pet``'s grid.
+
+    ``pet`` is the series read by :func:`wspet.data.dicom.read_pet_series`, or its :class:`SeriesGrid`.
 
     Returns a uint8 (I, J, K) array, 1 inside a segment. Refused (ValueError naming the file): a
     file that is not a SEG, a frame of reference other than the series', a grid not on the
@@ -145,9 +176,10 @@ def read_seg_mask(
     has (the message lists each file's segments).
     """
     paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    pet = pet if isinstance(pet, SeriesGrid) else SeriesGrid.of(pet)
     if not paths:
         raise ValueError(f"{pet.series_dir}: no SEG file given")
-    mask = np.zeros(pet.suv.shape, dtype=bool)
+    mask = np.zeros(pet.shape, dtype=bool)
     found: set[str] = set()
     available = {}
     for path in paths:
