@@ -221,3 +221,15 @@ def test_predict_refuses_a_seg_without_the_segment_before_predicting(checkpoint,
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), image)
     with pytest.raises(ValueError, match=r"seg=\[.*truth\.dcm'\]: needs one DICOM series as input"):
         predict(predict_config(checkpoint, image, tmp_path / "out2", seg=str(tmp_path / "truth.dcm")))
+
+
+def test_frames_spread_far_apart_are_refused_before_building_the_volume(series, tmp_path):
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[3, 3, 0] = mask[3, 3, 1] = mask[3, 3, 2] = 1
+    write_seg(mask, series, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    position = seg.PerFrameFunctionalGroupsSequence[-1].PlanePositionSequence[0]
+    position.ImagePositionPatient = [*position.ImagePositionPatient[:2], position.ImagePositionPatient[2] + 3e6]
+    seg.save_as(tmp_path / "far.dcm")
+    with pytest.raises(ValueError, match=r"far\.dcm: its frames span \(\d+, 18, 20\) voxels \(limit 268435456\)"):
+        read_seg_mask(tmp_path / "far.dcm", read_pet_series(series))

@@ -31,6 +31,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 
 from wspet.data.dicom import LPS_TO_RAS, SPACING_TOLERANCE, PetVolume, _load_series_datasets, _sort_and_affine
+from wspet.data.format import MAX_VOXELS
 from wspet.io import new_folder_mode, publish
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -86,6 +87,9 @@ def read_seg(path: str | os.PathLike) -> hd.seg.Segmentation:
     if str(header.get("SOPClassUID", "")) != SEG_SOP_CLASS_UID:
         raise ValueError(f"{path}: not a DICOM SEG (Modality {header.get('Modality', '?')}, "
                          f"SOPClassUID {header.get('SOPClassUID', '?')})")
+    size = [int(header.get(k) or 1) for k in ("NumberOfFrames", "Rows", "Columns")]
+    if int(np.prod(size, dtype=np.int64)) > MAX_VOXELS:
+        raise ValueError(f"{path}: NumberOfFrames x Rows x Columns {size} is too large for a mask (limit {MAX_VOXELS} voxels)")
     try:
         return hd.seg.segread(path)
     except Exception as error:  # highdicom's errors name neither the file nor, often, the tag
@@ -139,6 +143,13 @@ def _mask_of(seg: hd.seg.Segmentation, numbers: list[int], pet: SeriesGrid, path
     if str(seg.SegmentationType) == "FRACTIONAL":
         raise ValueError(f"{path}: SegmentationType FRACTIONAL is not supported (a binary lesion mask is needed)")
     grid = _pet_geometry(pet)
+    try:
+        extent = seg.get_volume_geometry(rtol=SPACING_TOLERANCE)
+    except Exception as error:
+        raise ValueError(f"{path}: its frames do not form a regular 3-D volume: {type(error).__name__}: {error}") from None
+    # The frames' positions set the volume's extent: two frames a kilometre apart would make a huge one.
+    if extent is not None and int(np.prod(extent.spatial_shape, dtype=np.int64)) > MAX_VOXELS:
+        raise ValueError(f"{path}: its frames span {tuple(extent.spatial_shape)} voxels (limit {MAX_VOXELS})")
     try:
         volume = seg.get_volume(segment_numbers=numbers, combine_segments=True, skip_overlap_checks=True,
                                 dtype=np.uint8, rtol=SPACING_TOLERANCE)
