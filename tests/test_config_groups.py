@@ -113,7 +113,7 @@ def test_debug_configs_set_the_trainer_and_log_to_csv_only(debug, expected):
 
 @pytest.mark.parametrize("debug", ["fdr", "overfit"])
 def test_debug_runs_train_both_stages(debug, train_config, tmp_path):
-    cfg = train_config(tmp_path, [f"debug={debug}", "trainer.max_epochs=1"])
+    cfg = train_config(tmp_path, [f"debug={debug}", "loss=mdice_ms", "trainer.max_epochs=1"])
     summary = train(cfg)
     assert set(summary["stages"]) == {"pretrain_dice", "mdice_ms"}
     assert Path(summary["checkpoint"]).is_file()
