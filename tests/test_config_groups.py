@@ -151,3 +151,13 @@ def test_train_help_starts_with_usage_and_lists_the_groups():
                  "logger: csv, default, many, wandb"):
         assert line in out
     assert "callbacks:" in out and " none" in out.split("callbacks:")[1].splitlines()[0]
+
+
+def test_predict_help_lists_only_what_prediction_uses():
+    env = {**os.environ, "WSPET_ROOT": str(REPO)}
+    out = subprocess.run([sys.executable, "predict.py", "--help"], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.startswith("Predict lesion masks") and "python predict.py ckpt=CHECKPOINT input=" in out
+    assert "postprocess: none, morphology, levelset" in out and "boxes: null" in out
+    for training_only in ("loss:", "trainer:", "callbacks:", "experiment:", "hparams_search:"):
+        assert training_only not in out
