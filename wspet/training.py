@@ -366,7 +366,7 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, stage_dir: Pa
     log.info("trainer.precision %s on %s: %s, because %s", cfg.trainer.precision, device, choice.precision, choice.reason)
     settings = {"precision": choice.precision, **training_budget(cfg.trainer)}
     if device == "cuda" and cfg.trainer.get("benchmark") is None and not cfg.trainer.get("deterministic"):
-        # Patches and validation volumes have fixed shapes, so the autotuning done at the first step pays every step after.
+        # Training patches share one shape (validation volumes a few, each tuned once), so the autotuning pays every step after.
         settings["benchmark"] = True
     return instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers, default_root_dir=str(stage_dir), plugins=plugins, **settings
