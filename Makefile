@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 DATA ?= data/phantom
 SMOKE_DIR ?= outputs/smoke
 
-# Progress: Lightning's bar on a terminal, one log line per validation otherwise (wspet.callbacks).
+# Progress: Lightning's bar on a terminal, one log line per validation otherwise (wspet.training.callbacks).
 .PHONY: FORCE install data train test test-slow test-slurm smoke ablation ablation-smoke sts-data sts bench clean
 
 # The stamp holds TORCH_SPEC and changes only when it does, so a new TORCH_SPEC reinstalls.
@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml $(TORCH_STAMP)
 install: $(VENV)/.installed
 
 $(DATA)/dataset.json: | install
-	$(PY) -m wspet.data.phantom $(DATA)
+	$(PY) -m wspet.datasets.phantom $(DATA)
 
 data: $(DATA)/dataset.json
 
@@ -72,7 +72,7 @@ ablation: install data
 	$(PY) train.py -m experiment=$(ABLATION_EXPERIMENTS) seed=$(SEEDS) data.root=$(DATA) \
 	    'hydra.sweep.subdir=$${experiment_name}-seed$${seed}' \
 	    hydra.sweep.dir=$(SWEEP_DIR) stage_cache=$(SWEEP_DIR)/stage_cache $(ARGS)
-	$(PY) -m wspet.report $(SWEEP_DIR)
+	$(PY) -m wspet.evaluation.report $(SWEEP_DIR)
 
 ablation-smoke: install
 	bash scripts/ablation_smoke.sh
@@ -89,10 +89,10 @@ STS_SEEDS ?= 0
 STS_ARGS ?= data.samples_per_volume=6
 
 data/sts/dataset.json: | install
-	$(PY) -m wspet.data.convert $(STS_SRC) data/sts --layout sts --weak --test-fraction 0.25 --seed 0
+	$(PY) -m wspet.datasets.convert $(STS_SRC) data/sts --layout sts --weak --test-fraction 0.25 --seed 0
 
 data/sts-full/dataset.json: | install
-	$(PY) -m wspet.data.convert $(STS_SRC) data/sts-full --layout sts --test-fraction 0.25 --seed 0
+	$(PY) -m wspet.datasets.convert $(STS_SRC) data/sts-full --layout sts --test-fraction 0.25 --seed 0
 
 sts-data: data/sts/dataset.json data/sts-full/dataset.json
 
@@ -100,4 +100,4 @@ sts: install sts-data
 	$(PY) train.py -m data=sts data.root=data/sts-full experiment=fs,dice,mdice_ms seed=$(STS_SEEDS) \
 	    hydra.sweep.dir=$(STS_SWEEP_DIR) stage_cache=$(STS_SWEEP_DIR)/stage_cache \
 	    $(STS_ARGS) $(ARGS)
-	$(PY) -m wspet.report $(STS_SWEEP_DIR)
+	$(PY) -m wspet.evaluation.report $(STS_SWEEP_DIR)

@@ -13,7 +13,7 @@ os.environ.setdefault("WSPET_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from wspet.prediction import predict  # noqa: E402
+from wspet.inference.predict import predict  # noqa: E402
 
 
 REQUIRED = ("ckpt", "input", "output")

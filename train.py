@@ -8,7 +8,7 @@ os.environ.setdefault("WSPET_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from wspet.training import train  # noqa: E402
+from wspet.training.experiment import train  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -2,7 +2,7 @@
 
     python scripts/compare_with_rtstruct.py SERIES_DIR RTSTRUCT.dcm ROI_NAME MASK.nii.gz
 
-Prints the whole-scan Dice, the measurements (wspet.measurements) of the reference contour and of
+Prints the whole-scan Dice, the measurements (wspet.inference.measurements) of the reference contour and of
 the predicted lesions that overlap it, and how many predicted lesions lie elsewhere.
 """
 
@@ -14,9 +14,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from wspet.data.dicom import read_pet_series
-from wspet.data.rtstruct import rasterise_roi
-from wspet.measurements import lesion_table
+from wspet.datasets.dicom import read_pet_series
+from wspet.datasets.rtstruct import rasterise_roi
+from wspet.inference.measurements import lesion_table
 from wspet.metrics import dice_score
 
 KEYS = ("n_voxels", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tlg")

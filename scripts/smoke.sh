@@ -6,7 +6,7 @@ out=${1:-outputs/smoke}
 py=${PYTHON:-.venv/bin/python}
 rm -rf "$out"
 start=$SECONDS
-"$py" -m wspet.data.phantom "$out/data" --cases 4 --test-cases 2 --seed 0 --shape 32 32 32
+"$py" -m wspet.datasets.phantom "$out/data" --cases 4 --test-cases 2 --seed 0 --shape 32 32 32
 # shellcheck source=scripts/tiny.env
 source "$(dirname "$0")/tiny.env"
 # shellcheck disable=SC2086

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from wspet.data.phantom import write_phantom_dataset
+from wspet.datasets.phantom import write_phantom_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -122,7 +122,7 @@ def test_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_predict_refuses_to_write_over_inputs_or_existing_masks(tmp_path):
-    from wspet.prediction import find_inputs, plan_jobs
+    from wspet.inference.predict import find_inputs, plan_jobs
 
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -161,13 +161,13 @@ def write_source_cases(src: Path, n: int) -> dict[str, np.ndarray]:
 
 
 def test_sigkill_during_conversion_leaves_only_whole_files(tmp_path):
-    if importlib.util.find_spec("wspet.data.convert") is None:
-        pytest.skip("wspet/data/convert.py does not exist yet (another helper writes it); nothing to kill")
+    if importlib.util.find_spec("wspet.datasets.convert") is None:
+        pytest.skip("wspet/datasets/convert.py does not exist yet (another helper writes it); nothing to kill")
     src, out = tmp_path / "src", tmp_path / "out"
     sources = write_source_cases(src, 4)
     before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
     converter = subprocess.Popen(
-        [sys.executable, "-u", "-m", "wspet.data.convert", str(src), str(out), "--layout", "sts", "--test-fraction", "0.5"],
+        [sys.executable, "-u", "-m", "wspet.datasets.convert", str(src), str(out), "--layout", "sts", "--test-fraction", "0.5"],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
     )
 
@@ -210,7 +210,7 @@ def test_sigkill_during_predict_leaves_only_whole_masks(tmp_path):
     import lightning as L
     import torch
 
-    from wspet.module import LesionSegmenter
+    from wspet.model.module import LesionSegmenter
 
     torch.manual_seed(0)
     model = LesionSegmenter(net={"features": [4, 8]}, loss={"_target_": "wspet.losses.DiceLoss"})

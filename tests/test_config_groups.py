@@ -15,9 +15,9 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from tests.conftest import REPO, compose_config
-from wspet.callbacks import ProgressLines, build_callbacks, clock
-from wspet.collapse import CollapseGuard
-from wspet.training import train
+from wspet.training.callbacks import ProgressLines, build_callbacks, clock
+from wspet.training.collapse import CollapseGuard
+from wspet.training.experiment import train
 
 FAST = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "evaluate.split=none"]
 
@@ -124,9 +124,9 @@ def test_a_log_line_per_validation_when_stdout_is_not_a_terminal(train_config, t
     cfg = train_config(tmp_path, ["loss=dice", "trainer.enable_progress_bar=true", "trainer.max_epochs=2", *FAST])
     assert not sys.stdout.isatty()  # pytest captures stdout
     assert ProgressLines in [type(c) for c in build_callbacks(cfg, *wired())]
-    with caplog.at_level(logging.INFO, logger="wspet.callbacks"):
+    with caplog.at_level(logging.INFO, logger="wspet.training.callbacks"):
         train(cfg)
-    lines = [r.getMessage() for r in caplog.records if r.name == "wspet.callbacks"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "wspet.training.callbacks"]
     assert [line.split(":")[0] for line in lines] == ["epoch 0 step 1/2", "epoch 1 step 2/2"]
     assert all("val/loss" in line and "val/dice" in line and "left" in line for line in lines)
 
@@ -161,3 +161,30 @@ def test_predict_help_lists_only_what_prediction_uses():
     assert "postprocess: none, morphology, levelset" in out and "boxes: null" in out
     for training_only in ("loss:", "trainer:", "callbacks:", "experiment:", "hparams_search:"):
         assert training_only not in out
+
+
+@pytest.mark.parametrize("data", ["phantom", "sts"])
+def test_every_data_key_is_an_argument_of_the_data_module_it_builds(data):
+    """The config-to-code contract: a data option is a yaml key and an argument, nothing between."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    cfg = compose_config("train", [f"data={data}"])
+    arguments = set(inspect.signature(get_class(cfg.data._target_)).parameters)
+    keys = set(cfg.data) - {"_target_"}
+    assert keys <= arguments, sorted(keys - arguments)
+    # What the loss adds; every other argument has its key in the yaml.
+    assert arguments - keys == {"supervision", "pseudo_labels"}
+
+
+def test_every_model_key_is_an_argument_of_the_module_it_builds():
+    import inspect
+
+    from hydra.utils import get_class
+
+    cfg = compose_config("train", ["model=unet3d_norm"])
+    arguments = set(inspect.signature(get_class(cfg.model._target_)).parameters)
+    keys = set(cfg.model) - {"_target_"}
+    assert keys <= arguments, sorted(keys - arguments)
+    assert arguments - keys == {"loss", "supervision", "preprocessing", "training_spacing"}

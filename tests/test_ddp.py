@@ -13,8 +13,8 @@ import torchio as tio
 from omegaconf import OmegaConf
 
 from wspet.data.datamodule import PetDataModule
-from wspet.module import LesionSegmenter, hard_dice
-from wspet.training import FitData, _data_arguments
+from wspet.model.module import LesionSegmenter, hard_dice
+from wspet.training.stage import build_datamodule
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,9 +36,9 @@ def ddp_command(data_root: Path, run_dir: Path) -> list[str]:
 def single_process_val_dice(run_dir: Path) -> list[float]:
     """Each validation volume's Dice from the run's last.ckpt, computed by this one process."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    data = PetDataModule(supervision=cfg.loss.supervision, **_data_arguments(cfg.data))
+    data = build_datamodule(cfg)
     data.setup("fit")
-    model = LesionSegmenter.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    model = LesionSegmenter.from_checkpoint(run_dir / "checkpoints" / "last.ckpt").eval()
     dice = []
     with torch.no_grad():
         for batch in data.val_dataloader():
@@ -87,12 +87,10 @@ def test_validation_volumes_are_split_without_repeats(tiny_dataset):
     data.setup("fit")
     names = []
     for rank in (0, 1):
-        fit_data = FitData(data, seed=0)
-        fit_data.trainer = FakeTrainer(rank, 2)
-        names.append([batch["name"][0] for batch in fit_data.val_dataloader()])
+        data.trainer = FakeTrainer(rank, 2)
+        names.append([batch["name"][0] for batch in data.val_dataloader()])
     assert len(names[0]) == 2 and len(names[1]) == 1
     assert sorted(names[0] + names[1]) == sorted(s["name"] for s in data.val_subjects)
-    fit_data = FitData(data, seed=0)
-    fit_data.trainer = FakeTrainer(0, 4)
+    data.trainer = FakeTrainer(0, 4)
     with pytest.raises(ValueError, match="3 validation volume\\(s\\) for 4 DDP processes"):
-        fit_data.val_dataloader()
+        data.val_dataloader()

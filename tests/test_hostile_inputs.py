@@ -39,7 +39,7 @@ from wspet.data.format import (
     load_label,
     read_dataset,
 )
-from wspet.data.phantom import write_phantom_dataset
+from wspet.datasets.phantom import write_phantom_dataset
 from wspet.losses import composite_loss, dice_loss, modified_dice_loss, mumford_shah_loss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -576,7 +576,7 @@ def gzip_bomb(tmp_path_factory) -> Path:
 
 
 def test_a_gzip_bomb_is_refused_from_its_header(gzip_bomb, tmp_path):
-    from wspet.data.convert import convert_dataset
+    from wspet.datasets.convert import convert_dataset
 
     assert gzip_bomb.stat().st_size < 5 * 2**20
     with pytest.raises(DatasetError, match=r"bomb.nii.gz: header shape \(1024, 1024, 1024\) \(1073741824 voxels\) is too large"):

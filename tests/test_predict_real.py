@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from wspet.measurements import LESION_COLUMNS, lesion_table
+from wspet.inference.measurements import LESION_COLUMNS, lesion_table
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -37,7 +37,7 @@ def paper_checkpoint(tmp_path_factory) -> Path:
     """The paper-sized U-Net, untrained: enough for memory and outputs, not for lesions."""
     import lightning as L
 
-    from wspet.module import LesionSegmenter
+    from wspet.model.module import LesionSegmenter
 
     torch.manual_seed(0)
     model = LesionSegmenter(net={"features": PAPER_FEATURES}, loss={"_target_": "wspet.losses.DiceLoss"})
@@ -99,8 +99,8 @@ def test_reference_lesion_on_the_whole_body_grid_measures_as_on_the_cropped_one(
     """
     if not (RTSTRUCT.is_file() and (CROPPED / "PET_mask.nii.gz").is_file()):
         pytest.skip(f"{RTSTRUCT} or {CROPPED} absent")
-    from wspet.data.dicom import read_pet_series
-    from wspet.data.rtstruct import rasterise_roi
+    from wspet.datasets.dicom import read_pet_series
+    from wspet.datasets.rtstruct import rasterise_roi
 
     pet = read_pet_series(SERIES)
     (whole,) = lesion_table(rasterise_roi(RTSTRUCT, "GTV_Mass", pet), pet.suv, pet.affine)

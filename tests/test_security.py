@@ -15,12 +15,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from wspet.checkpointing import AtomicCheckpointIO
-from wspet.module import LesionSegmenter, build_loss, load_checkpoint
-from wspet.prediction import predict
-from wspet.stage_cache import StageCache, digest_path, file_digest, stage_key
-from wspet.training import build_model, cached_stage, evaluate_stage, load_network_weights, remember_stage
-from wspet.stage_result import StageResult
+from wspet.training.checkpointing import AtomicCheckpointIO
+from wspet.model.checkpoint import load_checkpoint
+from wspet.model.module import LesionSegmenter, build_loss
+from wspet.inference.predict import predict
+from wspet.training.stage_cache import StageCache, digest_path, file_digest, stage_key
+from wspet.training.stage import build_datamodule, build_model, cached_stage, evaluate_stage, remember_stage
+from wspet.training.stage_result import StageResult
 
 NET = {"features": [4, 8, 16]}
 
@@ -120,7 +121,7 @@ def _init_from(path: Path, tmp_path: Path) -> None:
     from tests.conftest import tiny_train_config
 
     cfg = tiny_train_config(tmp_path / "data", tmp_path / "run", ["loss=dice", "model.net.features=[4,8,16]"])
-    build_model(cfg, str(path))
+    build_model(cfg, str(path), build_datamodule(cfg))
 
 
 def _evaluate(path: Path, tmp_path: Path) -> None:
@@ -161,7 +162,7 @@ def test_the_clean_checkpoint_still_loads_everywhere(clean_checkpoint, tmp_path)
     assert (tmp_path / "out" / "scan_mask.nii.gz").is_file()
     assert "state_dict" in AtomicCheckpointIO().load_checkpoint(clean_checkpoint)
     target = LesionSegmenter(net=NET, loss={"_target_": "wspet.losses.DiceLoss"})
-    load_network_weights(target, clean_checkpoint)
+    target.load_network(clean_checkpoint)
     assert torch.equal(target.net.state_dict()[next(iter(target.net.state_dict()))],
                        model.net.state_dict()[next(iter(model.net.state_dict()))])
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from wspet.data.convert import convert_dataset
-from wspet.training import train
+from wspet.datasets.convert import convert_dataset
+from wspet.training.experiment import train
 
 STS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sts-fdg-pet"
 # In-plane spacings 4.69, 5.47 and 3.91 mm: without resampling the spacing check refuses this set.

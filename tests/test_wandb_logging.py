@@ -1,6 +1,6 @@
 """W&B works with no account and no network: offline by default, grouped and tagged."""
 
-from wspet.training import train
+from wspet.training.experiment import train
 
 
 def test_default_logger_writes_an_offline_wandb_run(train_config, tmp_path, monkeypatch):

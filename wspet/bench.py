@@ -4,7 +4,7 @@ One run measures, on the machine it runs on (docs/performance.md):
 
 - the bare training step (network, loss, clipping, optimiser) and the full Lightning step (the
   same plus loading, logging and callbacks) at the training patch size and at 96^3, and their ratio;
-- both in float32 and in the precision ``auto`` resolves to (:mod:`wspet.precision`), and in that
+- both in float32 and in the precision ``auto`` resolves to (:mod:`wspet.model.precision`), and in that
   precision without the ``channels_last_3d`` layout the model switches to under bf16 on CPUs;
 - the training step's GFLOP/s against a matrix product of the same precision, measured here;
 - the data loader's samples per second against the rate at which the step consumes them;
@@ -15,14 +15,13 @@ One run measures, on the machine it runs on (docs/performance.md):
 
 Every time is the median of ``repeats`` runs after ``warmup`` runs. Ratios compare figures of one
 run only: the machines are shared, so absolute seconds vary from run to run. The model, loss,
-optimiser and trainer are those of ``conf/train.yaml``, built by ``wspet.training``; the data is a
+optimiser and trainer are those of ``conf/train.yaml``, built by ``wspet.training.experiment``; the data is a
 small phantom set written to a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import math
@@ -50,8 +49,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 from wspet.data.datamodule import PetDataModule, split_validation
-from wspet.data.phantom import write_phantom_dataset
-from wspet.precision import FP32, PrecisionChoice, device_type, read_cpu_flags, resolve_precision
+from wspet.datasets.phantom import write_phantom_dataset
+from wspet.model.precision import FP32, PrecisionChoice, device_type, read_cpu_flags, resolve_precision
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FULL_OVER_BARE_LIMIT = 1.05  # docs/performance.md: Lightning may add at most 5% to the bare step
@@ -159,9 +158,9 @@ def bench_config(
 
 def data_module(cfg: DictConfig) -> PetDataModule:
     """``cfg``'s data module, set up (the volumes read into memory)."""
-    accepted = inspect.signature(PetDataModule).parameters
-    arguments = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k in accepted}
-    datamodule = PetDataModule(supervision=cfg.loss.supervision, **arguments)
+    from wspet.training.stage import build_datamodule
+
+    datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     return datamodule
 
@@ -173,9 +172,9 @@ def first_batch(datamodule: PetDataModule, supervision: str, device: torch.devic
 
 
 def build_model(cfg: DictConfig, device: torch.device):
-    from wspet.training import build_model as build
+    from wspet.training.stage import build_datamodule, build_model as build
 
-    return build(cfg, None).to(device)
+    return build(cfg, None, build_datamodule(cfg)).to(device)
 
 
 # --------------------------------------------------------------------------- training steps
@@ -232,7 +231,7 @@ class StepClock(L.Callback):
 
 def lightning_run(cfg: DictConfig, datamodule: PetDataModule, settings: Settings, device: torch.device, validate: bool) -> StepClock:
     """``trainer.fit`` of ``cfg`` for ``warmup + repeats + 1`` steps (then one validation if ``validate``)."""
-    from wspet.training import build_trainer
+    from wspet.training.trainer import build_trainer
 
     steps = settings.warmup + settings.repeats + 1
     run_cfg = cfg.copy()
@@ -364,7 +363,7 @@ def validation_share(root: Path, settings: Settings, device: torch.device, step_
     datamodule = data_module(cfg)
     clock = lightning_run(cfg, datamodule, replace(settings, warmup=0, repeats=1), device, validate=True)
     per_volume = clock.validations[-1] / len(datamodule.val_subjects)
-    cases = OmegaConf.load(CONF / "data" / "phantom.yaml").phantom.cases
+    cases = OmegaConf.load(CONF / "data" / "phantom.yaml").phantom.n_train
     _, val_cases = split_validation(list(range(cases)), cfg.data.val_fraction, cfg.data.split_seed)
     validation_s = per_volume * len(val_cases)
     steps = steps_between_validations(cfg, cases)
@@ -394,8 +393,8 @@ def _memory_mb(field: str = "VmHWM") -> float:
 
 
 def _prediction_case(queue, net: dict, loss: dict, precision: str, settings: Settings, threads: int, device: str) -> None:
-    from wspet.inference import predict_probabilities
-    from wspet.module import LesionSegmenter
+    from wspet.inference.sliding_window import predict_probabilities
+    from wspet.model.module import LesionSegmenter
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

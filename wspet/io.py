@@ -109,13 +109,29 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[s
     return Path(path)
 
 
+NIFTI_SUFFIXES = (".nii.gz", ".nii")  # longest first: a name ends in one of them once stripped
+
+
 def save_nifti(
     array: np.ndarray,
     affine: np.ndarray,
     path: str | os.PathLike,
     header: nib.Nifti1Header | None = None,
+    like: str | os.PathLike | None = None,
 ) -> Path:
-    """Save a 3D array as NIfTI with ``affine`` (and the reference ``header``'s fields) atomically."""
+    """Save a 3D array as NIfTI with ``affine`` atomically; the one NIfTI writer of wspet.
+
+    The header's other fields (units, descriptions) come from ``header``, or from the NIfTI file
+    ``like`` when it is one (a mask saved beside its scan); otherwise units are mm and s.
+    Raises ValueError for an array that is not 3-D or a path not ending in .nii or .nii.gz.
+    """
+    path = Path(path)
+    if np.ndim(array) != 3:
+        raise ValueError(f"{path}: array shape {np.shape(array)} is not 3-D")
+    if not path.name.endswith(NIFTI_SUFFIXES):
+        raise ValueError(f"{path}: output must end in .nii or .nii.gz")
+    if header is None and like is not None and str(like).endswith(NIFTI_SUFFIXES) and Path(like).is_file():
+        header = nib.load(str(like)).header
     image = nib.Nifti1Image(array, affine, header=header)
     if header is None:
         image.header.set_xyzt_units("mm", "sec")
@@ -124,4 +140,4 @@ def save_nifti(
     image.set_sform(affine, code=1)
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
-    return Path(path)
+    return path

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from wspet.data.check import main
-from wspet.data.phantom import write_phantom_dataset
+from wspet.datasets.phantom import write_phantom_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -90,7 +90,7 @@ def test_patch_larger_than_volume_refused(tiny_dataset):
 
 
 def test_without_volume_size_volumes_stay_whole_padded_to_the_multiple_and_the_patch(tmp_path):
-    from wspet.data.phantom import write_phantom_dataset
+    from wspet.datasets.phantom import write_phantom_dataset
 
     root = tmp_path / "odd"
     write_phantom_dataset(root, n_train=3, n_test=1, seed=2, shape=(40, 36, 28))

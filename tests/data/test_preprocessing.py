@@ -7,9 +7,9 @@ import torchio as tio
 
 from wspet.data.datamodule import PetDataModule
 from wspet.data.preprocessing import Preprocessing
-from wspet.inference import predict_probabilities
+from wspet.inference.sliding_window import predict_probabilities
 from wspet.metrics import dice_score
-from wspet.module import LesionSegmenter
+from wspet.model.module import LesionSegmenter
 
 
 def ball(shape, spacing, centre_mm, radius_mm) -> np.ndarray:
@@ -108,7 +108,7 @@ def test_the_data_module_resamples_cases_of_different_spacing_to_one(tmp_path):
             image=tio.ScalarImage(tensor=torch.from_numpy(image)[None], affine=scaled_affine(spacing)),
             box=tio.LabelMap(tensor=torch.from_numpy(box)[None], affine=scaled_affine(spacing)),
         )
-        prepared = module.preprocessing()(subject)
+        prepared = module.volume_transform()(subject)
         assert np.allclose(prepared["image"].spacing, (4.0, 4.0, 4.0))
         shapes.append(int(prepared["box"].data.sum()))
     # 1000 voxels of 16 mm^3 and of 32 mm^3: 250 and 500 voxels of 64 mm^3 after resampling.

@@ -2,7 +2,7 @@
 
 Free logits stand in for the network: ``probs = sigmoid(logits)``, optimised with Adam on one
 phantom-like volume, starting from the box. The Dice with the true lesion must rise well above
-the box's own Dice. (Self-contained: does not use wspet.data.phantom.)
+the box's own Dice. (Self-contained: does not use wspet.datasets.phantom.)
 """
 
 from __future__ import annotations

@@ -1,9 +1,15 @@
-"""LightningDataModule: wspet datasets as TorchIO subjects, patches for training, volumes for validation."""
+"""LightningDataModule: wspet datasets as TorchIO subjects, patches for training, volumes for validation.
+
+Built from ``conf/data`` by its ``_target_`` (the loss adds ``supervision`` and ``pseudo_labels``): a
+data option is a key of the yaml and an argument here, nothing else. The module also makes the
+phantom set when asked to and none is there (``prepare_data``), and checks every case before any
+training time is spent (``check``).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -11,11 +17,14 @@ import numpy as np
 import torch
 import torchio as tio
 
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
 from wspet.data.boxes import boxes_to_mask
-from wspet.data.check import SUPERVISIONS
+from wspet.data.check import SUPERVISIONS, validate_dataset
 from wspet.data.format import CaseEntry, DatasetError, case_boxes, load_image, load_label, read_dataset
 from wspet.data.preprocessing import Preprocessing
 from wspet.data.pseudo_labels import pseudo_label
+from wspet.data.replay import EpochSeededLoader
 from wspet.data.sampling import BoxCentredSampler
 
 log = logging.getLogger(__name__)
@@ -81,6 +90,11 @@ class PadToAtLeast(tio.SpatialTransform):
 class PetDataModule(L.LightningDataModule):
     """Training patches and validation volumes from a wspet dataset folder.
 
+    Training batches come from an :class:`~wspet.data.replay.EpochSeededLoader` (replayable on
+    resume; under DDP each rank its own share of the volumes). Validation volumes are split over
+    the ranks without the padding ``DistributedSampler`` adds, so that ``val/*`` means count every
+    volume exactly once.
+
     Batches are TorchIO dicts; ``batch["image"]["data"]`` is ``(B, 1, D, H, W)`` normalised
     PET (:class:`~wspet.data.preprocessing.Preprocessing`), ``batch["box"]["data"]`` the union
     of the boxes, and ``batch["label"]["data"]`` the lesion mask where it is read: always for full supervision, and for validation cases only
@@ -104,6 +118,12 @@ class PetDataModule(L.LightningDataModule):
         box_sampling_probability: chance that a training patch is centred inside a box.
         target_spacing, intensity, suv_scale: the :class:`Preprocessing` of every volume
             (``None``: native spacing; ``zscore`` or ``suv`` intensities).
+        seed: the run's seed, from which every epoch's training draws are made.
+        phantom: called with ``root`` by :meth:`prepare_data` when ``root`` has no
+            ``dataset.json`` to make the dataset there (``conf/data/phantom.yaml``: the phantom
+            generator, as a ``_partial_`` target); ``None`` for real data, which is never generated.
+        max_spacing_ratio: :meth:`check` refuses cases whose spacing is off the median by more
+            (``None``: no check; not applied with a ``target_spacing``).
     """
 
     def __init__(
@@ -129,9 +149,12 @@ class PetDataModule(L.LightningDataModule):
         intensity: str = "zscore",
         suv_scale: float = 1.0,
         pseudo_labels: dict | None = None,
+        seed: int = 0,
+        phantom: Callable[[Path], object] | None = None,
+        max_spacing_ratio: float | None = 1.2,
     ) -> None:
         super().__init__()
-        self.prepare = Preprocessing(
+        self.preprocessing = Preprocessing(
             target_spacing=None if target_spacing is None else tuple(target_spacing),
             intensity=intensity, suv_scale=suv_scale,
         )
@@ -161,8 +184,32 @@ class PetDataModule(L.LightningDataModule):
         self.flip_probability = flip_probability
         self.noise_std = noise_std
         self.num_workers = num_workers
+        self.seed = seed
+        self.phantom = phantom
+        self.max_spacing_ratio = max_spacing_ratio
         self.train_subjects: list[tio.Subject] = []
         self.val_subjects: list[tio.Subject] = []
+
+    def prepare_data(self) -> None:
+        """Make the dataset at ``root`` with ``phantom`` if one is given and ``root`` has no dataset."""
+        if self.phantom is None or (self.root / "dataset.json").is_file():
+            return
+        log.info("making the phantom dataset in %s", self.root)
+        self.phantom(self.root)
+
+    def check(self) -> None:
+        """Validate every case for this supervision; log the warnings, raise listing every problem."""
+        report = validate_dataset(
+            self.root,
+            supervision=self.supervision,
+            box_margin_mm=self.box_margin_mm,
+            # Resampling to one spacing makes differing native spacings harmless.
+            max_spacing_ratio=None if self.preprocessing.target_spacing else self.max_spacing_ratio,
+        )
+        for warning in report.warnings:
+            log.warning(warning)
+        report.raise_if_problems()
+        log.info(report.summary())
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_subjects:
@@ -191,12 +238,12 @@ class PetDataModule(L.LightningDataModule):
             raise DatasetError(case.image, [f"{case.name} has no label, needed for full supervision"])
         return subject
 
-    def preprocessing(self) -> tio.Compose:
+    def volume_transform(self) -> tio.Compose:
         """Deterministic steps shared by training, validation and inference."""
         if self.volume_size is not None:
-            return tio.Compose([*self.prepare.transforms(), tio.CropOrPad(self.volume_size, padding_mode="minimum")])
+            return tio.Compose([*self.preprocessing.transforms(), tio.CropOrPad(self.volume_size, padding_mode="minimum")])
         return tio.Compose([
-            *self.prepare.transforms(),
+            *self.preprocessing.transforms(),
             PadToAtLeast(self.patch_size),
             tio.EnsureShapeMultiple(self.shape_multiple, method="pad"),
         ])
@@ -209,10 +256,14 @@ class PetDataModule(L.LightningDataModule):
             steps.append(tio.RandomNoise(std=(0, self.noise_std), include=["image"]))
         return tio.Compose(steps)
 
-    def train_dataloader(self) -> tio.SubjectsLoader:
-        transform = tio.Compose([self.preprocessing(), self.augmentation()])
+    def train_dataloader(self) -> EpochSeededLoader:
+        return EpochSeededLoader(self.patch_loader, len(self.train_subjects), self.seed, self.trainer)
+
+    def patch_loader(self, indices: Sequence[int]) -> tio.SubjectsLoader:
+        """One epoch's training patches from the training volumes ``indices``."""
+        transform = tio.Compose([self.volume_transform(), self.augmentation()])
         queue = tio.Queue(
-            tio.SubjectsDataset(self.train_subjects, transform=transform),
+            tio.SubjectsDataset([self.train_subjects[i] for i in indices], transform=transform),
             max_length=max(self.queue_length, self.samples_per_volume),
             samples_per_volume=self.samples_per_volume,
             sampler=BoxCentredSampler(self.patch_size, self.box_sampling_probability),
@@ -223,8 +274,17 @@ class PetDataModule(L.LightningDataModule):
         return tio.SubjectsLoader(queue, batch_size=self.batch_size, num_workers=0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> tio.SubjectsLoader:
-        dataset = tio.SubjectsDataset(self.val_subjects, transform=self.preprocessing())
+        dataset = tio.SubjectsDataset(self.val_subjects, transform=self.volume_transform())
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        sampler = None
+        if world > 1:
+            if len(dataset) < world:
+                raise ValueError(
+                    f"data.val_fraction {self.val_fraction}: {len(dataset)} validation volume(s) "
+                    f"for {world} DDP processes; each process needs at least one"
+                )
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         return tio.SubjectsLoader(
-            dataset, batch_size=1, num_workers=self.num_workers,
+            dataset, batch_size=1, num_workers=self.num_workers, sampler=sampler,
             pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
         )

@@ -28,10 +28,10 @@ import nibabel as nib
 import numpy as np
 
 from wspet.data.boxes import boxes_from_label, boxes_to_mask, clip_box
+from wspet.io import NIFTI_SUFFIXES
 
 SPLITS = ("training", "test")
 ENTRY_KEYS = ("image", "label", "boxes", "lesion_free")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # A box sticking out of the volume is clipped (with a warning) only while most of it is inside.
 MIN_BOX_FRACTION_INSIDE = 0.5
 # Given boxes must hold at least this share of the label's lesion voxels: less means the boxes

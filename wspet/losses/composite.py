@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from wspet.losses.dice import check_hyperparameter, check_volumes
+from wspet.losses.checks import check_hyperparameter, check_volumes
 from wspet.losses.modified_dice import box_fraction_per_sample, modified_dice_loss_per_sample
 from wspet.losses.mumford_shah import _check_ms_hyperparameters, mumford_shah_loss_per_sample
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wspet.losses.dice import check_hyperparameter, check_volumes, dice_loss_per_sample
+from wspet.losses.checks import check_hyperparameter, check_volumes
+from wspet.losses.dice import dice_loss_per_sample
 
 __all__ = ["IGNORE_INDEX", "DiceCELoss", "dice_ce_loss"]
 

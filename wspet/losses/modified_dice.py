@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from wspet.losses.dice import check_hyperparameter, check_volumes
+from wspet.losses.checks import check_hyperparameter, check_volumes
 
 __all__ = ["ModifiedDiceLoss", "box_fraction_per_sample", "modified_dice_loss", "modified_dice_loss_per_sample"]
 

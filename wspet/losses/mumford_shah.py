@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from wspet.losses.dice import check_hyperparameter, check_volumes
+from wspet.losses.checks import check_hyperparameter, check_volumes
 
 __all__ = ["MumfordShahLoss", "mumford_shah_loss", "mumford_shah_loss_per_sample", "regularised_heaviside"]
 

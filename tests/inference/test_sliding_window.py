@@ -1,0 +1,218 @@
+"""Sliding-window inference: window placement, Gaussian blending, bounded memory, the model path."""
+
+import functools
+import logging
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wspet.data.format import Volume
+from wspet.inference.sliding_window import (
+    gaussian_importance, predict_probabilities, sliding_window, warn_if_spacing_differs, window_starts,
+)
+from wspet.model.module import LesionSegmenter
+
+
+def tiny_model() -> LesionSegmenter:
+    torch.manual_seed(0)
+    return LesionSegmenter(net={"features": [4, 8]}, loss={"_target_": "wspet.losses.DiceLoss"})
+
+
+def constant(value: float):
+    return lambda batch: torch.full_like(batch, value)
+
+
+# --------------------------------------------------------------------------- window placement
+
+
+@settings(max_examples=50, deadline=None)
+@given(size=st.integers(1, 300), window=st.integers(1, 64), data=st.data())
+def test_windows_cover_the_axis_with_at_least_the_overlap(size, window, data):
+    overlap = data.draw(st.integers(0, window - 1))
+    starts = window_starts(size, window, overlap)
+    assert starts[0] == 0
+    if size <= window:
+        assert starts == [0]
+        return
+    assert starts[-1] == size - window  # the last window ends at the volume's end, none sticks out
+    gaps = np.diff(starts)
+    assert np.all(gaps > 0) and np.all(window - gaps >= overlap)
+    # the fewest windows: one fewer could not keep the overlap
+    assert (len(starts) - 2) * (window - overlap) < size - window
+
+
+def test_whole_body_geometry():
+    # STS_001 (128 x 128 x 267) with the default 96 x 96 x 64 window and 32 x 32 x 16 overlap
+    assert window_starts(128, 96, 32) == [0, 32]
+    assert window_starts(267, 64, 16) == [0, 41, 81, 122, 162, 203]
+
+
+# --------------------------------------------------------------------------- Gaussian blending
+
+
+def test_gaussian_importance_is_nnunets():
+    weights = gaussian_importance((16, 12, 8))
+    assert weights.shape == (16, 12, 8) and weights.dtype == np.float32
+    assert np.allclose(weights, weights[::-1, ::-1, ::-1])  # centred
+    assert weights.max() == pytest.approx(1.0) and weights.min() > 0
+    profile = weights[:, 5, 3] / weights[:, 5, 3].max()
+    offset = np.arange(16) - 7.5
+    expected = np.exp(-0.5 * (offset / 2.0) ** 2)  # sigma = 16 / 8
+    assert np.allclose(profile, expected / expected.max(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(37, 29, 21), (10, 40, 16), (16, 16, 16)])
+def test_a_constant_model_gives_a_constant_volume(shape):
+    volume = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    out = sliding_window(constant(0.3), volume, (16, 16, 16), (5, 6, 3), batch_size=3)
+    assert out.shape == shape and out.dtype == np.float32
+    assert np.abs(out - 0.3).max() < 1e-6  # no seams: the weights are normalised everywhere
+
+
+def test_a_pointwise_model_gives_its_value_everywhere_on_a_ramp():
+    # Every window predicts the same value at each voxel, so any misplaced window or weight shows.
+    i, j, k = np.meshgrid(np.arange(45), np.arange(33), np.arange(27), indexing="ij")
+    ramp = (0.5 * i - 0.25 * j + 0.1 * k).astype(np.float32)
+    out = sliding_window(lambda batch: 2 * batch + 1, ramp, (16, 16, 16), (8, 4, 6), batch_size=2)
+    assert np.allclose(out, 2 * ramp + 1, atol=1e-5)
+
+
+def test_a_model_of_the_wrong_shape_or_nan_is_refused():
+    volume = np.zeros((20, 20, 20), np.float32)
+    shapes = r"model output shape \(2, 1, 8, 8, 8\) != window batch shape \(2, 1, 16, 16, 16\)"
+    with pytest.raises(ValueError, match=shapes):
+        sliding_window(lambda b: b[..., :8, :8, :8], volume, (16, 16, 16), (4, 4, 4))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        sliding_window(constant(float("nan")), volume, (16, 16, 16), (4, 4, 4))
+
+
+def test_memory_does_not_grow_with_the_number_of_windows():
+    # The model's outputs are numpy-allocated here, so tracemalloc sees every window buffer: were
+    # they kept until the end, 17^3 windows of 16^3 float32 (80 MB) would show in the peak.
+    volume = np.random.default_rng(1).normal(size=(48, 48, 48)).astype(np.float32)
+    window_bytes = 16**3 * 4
+
+    def model(batch):
+        return torch.from_numpy(np.full(tuple(batch.shape), 0.5, np.float32))
+
+    peaks = {}
+    for overlap in (0, 14):  # 27 windows, then 4913
+        tracemalloc.start()
+        sliding_window(model, volume, (16, 16, 16), (overlap,) * 3, batch_size=2)
+        peaks[overlap] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # the two accumulators, a finiteness check (bool), a few batches of windows and their weights
+    bound = 3 * volume.nbytes + 16 * window_bytes
+    assert peaks[0] < bound and peaks[14] < bound, (peaks, bound)
+    assert peaks[14] - peaks[0] < 16 * window_bytes  # 180x the windows, a few windows more memory
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def test_sliding_window_covers_a_volume_larger_than_the_window():
+    image = np.random.default_rng(0).gamma(2.0, 0.5, size=(40, 30, 20)).astype(np.float32)
+    probs = predict_probabilities(tiny_model(), image, np.eye(4), window=(16, 16, 16), overlap=(4, 4, 4))
+    assert probs.shape == image.shape
+    assert probs.dtype == np.float32
+    assert np.all((probs >= 0) & (probs <= 1))
+
+
+def test_sliding_window_matches_one_whole_window_where_it_fits():
+    image = np.random.default_rng(1).gamma(2.0, 0.5, size=(16, 16, 16)).astype(np.float32)
+    model = tiny_model()
+    probs = predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(0, 0, 0), precision="32-true")
+    assert np.allclose(probs, direct_prediction(model, image), atol=1e-5)
+
+
+def direct_prediction(model: LesionSegmenter, image: np.ndarray) -> np.ndarray:
+    """The float32 network on the whole z-scored image, no windows."""
+    normalised = (image - image.mean()) / image.std(ddof=1)
+    with torch.no_grad():
+        return model(torch.from_numpy(normalised)[None, None])[0, 0].numpy()
+
+
+@pytest.mark.parametrize("flags, network_dtype", [("avx2 avx512_bf16 amx_bf16", torch.bfloat16), ("avx2", torch.float32)])
+def test_auto_precision_follows_the_hardware_and_keeps_float32_probabilities(flags, network_dtype, monkeypatch):
+    import wspet.inference.sliding_window
+    from wspet.model.precision import resolve_precision
+
+    faked = functools.partial(resolve_precision, cpu_flags=lambda: flags.split(), cpu_capability=lambda: "AVX512")
+    monkeypatch.setattr(wspet.inference.sliding_window, "resolve_precision", faked)
+    model = tiny_model()
+    head_dtypes = []
+    model.net.head.register_forward_hook(lambda module, inputs, output: head_dtypes.append(output.dtype))
+    image = np.random.default_rng(1).gamma(2.0, 0.5, size=(16, 16, 16)).astype(np.float32)
+    probs = predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(0, 0, 0))
+    assert head_dtypes == [network_dtype] and probs.dtype == np.float32
+    error = np.abs(probs - direct_prediction(model, image)).max()
+    assert error < (2e-2 if network_dtype == torch.bfloat16 else 1e-5)  # bf16 keeps 8 bits of mantissa
+
+
+@pytest.mark.parametrize("window, overlap, message", [
+    ((15, 16, 16), (0, 0, 0), "divisible by 2"),
+    ((16, 16, 16), (16, 0, 0), "smaller than the window"),
+    ((16, 16, 16), (-2, 0, 0), ">= 0"),
+])
+def test_bad_window_refused(window, overlap, message):
+    with pytest.raises(ValueError, match=message):
+        predict_probabilities(tiny_model(), np.ones((16, 16, 16), np.float32), np.eye(4), window, overlap)
+
+
+def test_a_constant_image_is_refused():
+    with pytest.raises(ValueError, match=r"image shape \(16, 16, 16\) is constant"):
+        predict_probabilities(tiny_model(), np.ones((16, 16, 16), np.float32), np.eye(4), (16, 16, 16), (0, 0, 0))
+
+
+def record_batch_sizes(model: LesionSegmenter, monkeypatch) -> list[int]:
+    """The list that ``model``'s forward passes will append their batch sizes to."""
+    calls: list[int] = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: (calls.append(x.shape[0]), forward(x))[1])
+    return calls
+
+
+def test_a_volume_the_window_covers_takes_one_forward_pass(monkeypatch):
+    model = tiny_model()
+    calls = record_batch_sizes(model, monkeypatch)
+    image = np.random.default_rng(2).gamma(2.0, 0.5, size=(16, 16, 12)).astype(np.float32)
+    probs = predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(8, 8, 8), batch_size=8)
+    assert sum(calls) == 1 and probs.shape == (16, 16, 12)
+
+
+def test_batches_hold_at_most_batch_size_windows(monkeypatch):
+    model = tiny_model()
+    calls = record_batch_sizes(model, monkeypatch)
+    image = np.random.default_rng(3).gamma(2.0, 0.5, size=(40, 16, 16)).astype(np.float32)
+    predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(4, 0, 0), batch_size=2)
+    assert calls == [2, 1]  # 3 windows along i
+
+
+# --------------------------------------------------------------------------- spacing warning
+
+
+def volume(spacing, path="scan.nii.gz") -> Volume:
+    return Volume(np.ones((4, 4, 4), np.float32), np.diag([*spacing, 1.0]), Path(path))
+
+
+@pytest.mark.parametrize("trained, scan, preprocessing, warned", [
+    ([2.0, 2.0, 2.0], (4.0, 4.0, 2.0), None, True),
+    ([2.0, 2.0, 2.0], (2.2, 2.0, 1.8), None, False),
+    ([2.0, 2.0, 2.0], (4.0, 4.0, 2.0), {"target_spacing": [2.0, 2.0, 2.0]}, False),  # resampled anyway
+    (None, (4.0, 4.0, 2.0), None, False),  # a checkpoint that does not say
+])
+def test_a_scan_far_off_the_training_spacing_is_warned_about(trained, scan, preprocessing, warned, caplog):
+    model = LesionSegmenter(net={"features": [4, 8]}, loss={"_target_": "wspet.losses.DiceLoss"},
+                            preprocessing=preprocessing, training_spacing=trained)
+    with caplog.at_level(logging.WARNING, logger="wspet.inference.sliding_window"):
+        assert warn_if_spacing_differs(model, volume(scan, "/data/pat7.nii.gz")) is warned
+    if warned:
+        assert "/data/pat7.nii.gz: spacing (4, 4, 2) mm is 2.00x off the (2, 2, 2) mm" in caplog.text
+        assert "lesions will look smaller" in caplog.text
+    else:
+        assert caplog.text == ""

@@ -1,0 +1,59 @@
+"""The collapse guard: a run whose predictions all turn to background is stopped, loudly."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import wspet.training.experiment as training
+import wspet.training.stage as stage
+from wspet.training.collapse import CollapseGuard, TrainingCollapsedError
+
+
+def fake_trainer(step, empty_fraction):
+    return SimpleNamespace(
+        sanity_checking=False, global_step=step, should_stop=False,
+        callback_metrics={"val/empty_fraction": torch.tensor(empty_fraction)},
+    )
+
+
+def test_guard_waits_for_warmup_and_patience():
+    guard = CollapseGuard(warmup_steps=100, patience=2, on_collapse="stop")
+    validations = [(50, 1.0), (100, 1.0), (150, 0.5), (200, 1.0), (250, 1.0)]
+    stopped = []
+    for step, empty in validations:
+        trainer = fake_trainer(step, empty)
+        guard.on_validation_end(trainer, None)
+        stopped.append(trainer.should_stop)
+    assert stopped == [False, False, False, False, True]  # step 50 is warm-up; 150 breaks the run of empties
+    assert guard.collapsed and guard.state_dict() == {"empty_validations": 2, "collapsed": True}
+
+
+def test_guard_can_raise_or_ignore():
+    with pytest.raises(TrainingCollapsedError, match="model.optimizer.lr"):
+        CollapseGuard(warmup_steps=0, patience=1, on_collapse="error").on_validation_end(fake_trainer(0, 1.0), None)
+    trainer = fake_trainer(0, 1.0)
+    CollapseGuard(warmup_steps=0, patience=1, on_collapse="ignore").on_validation_end(trainer, None)
+    assert trainer.should_stop is False
+    with pytest.raises(ValueError, match="'sometimes'"):
+        CollapseGuard(on_collapse="sometimes")
+
+
+def test_a_collapsed_run_is_stopped_and_marked(train_config, tmp_path, monkeypatch):
+    original = stage.build_model
+
+    def saturated_model(cfg, init_from, data):
+        model = original(cfg, init_from, data)
+        torch.nn.init.constant_(model.net.head.bias, -50.0)  # the sigmoid saturates at 0 everywhere
+        return model
+
+    monkeypatch.setattr(stage, "build_model", saturated_model)
+    overrides = [
+        "loss=dice", "trainer.max_epochs=4", "trainer.limit_train_batches=1", "model.optimizer.lr=0.0",
+        "callbacks.collapse_guard.warmup_steps=0", "callbacks.collapse_guard.patience=2",
+    ]
+    summary = training.train(train_config(tmp_path, overrides))
+    assert summary["collapsed"] is True
+    assert summary["test"]["n_pred_empty"] == 2
+    epochs = {line.split(",")[0] for line in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[1:]}
+    assert epochs - {""} == {"0", "1"}  # stopped after two empty validations, not four ("" holds the test metrics)

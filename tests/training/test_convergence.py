@@ -1,0 +1,55 @@
+"""Runs that end far from convergence say so: the validation loss still falling, or predictions still the boxes."""
+
+import pytest
+
+from wspet.training.convergence import convergence_problems, still_improving
+
+
+@pytest.mark.parametrize(
+    "losses, expected",
+    [
+        ([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], True),        # falling all the way to the end
+        ([1.0, 0.5, 0.3, 0.25, 0.24, 0.24, 0.239, 0.238], False),  # flattened out
+        ([1.0, 0.5, 0.3, 0.31, 0.32, 0.33, 0.34, 0.35], False),  # best in the middle (over-fitting)
+        ([1.0, 0.5, 0.2], False),                               # too few validations to judge
+        ([0.5, 0.6, 0.7, 0.8], False),                          # never improved: nothing to extrapolate
+    ],
+)
+def test_still_improving(losses, expected):
+    assert still_improving(losses) is expected
+
+
+def history(losses, agreement):
+    return {100 * (i + 1): {"val/loss": loss, "val/box_agreement": agreement, "epoch": float(i)} for i, loss in enumerate(losses)}
+
+
+def test_a_weak_run_still_predicting_boxes_is_reported_with_both_reasons():
+    problems = convergence_problems(history([1.0, 0.9, 0.8, 0.7, 0.6, 0.5], 0.95), steps=600, watch_box=True)
+    assert len(problems) == 2
+    assert "still falling fast after 600 steps" in problems[0] and "trainer.max_steps" in problems[0]
+    assert "still the boxes" in problems[1] and "0.950" in problems[1]
+
+
+def test_a_converged_run_and_a_box_loss_report_nothing():
+    # The box-Dice stage is meant to predict the boxes: not watched.
+    assert convergence_problems(history([1.0, 0.4, 0.31, 0.3, 0.3, 0.3, 0.3, 0.3], 0.97), steps=800) == []
+    assert convergence_problems({}, steps=0, watch_box=True) == []
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="share 1.5"):
+        convergence_problems({}, steps=0, share=1.5)
+
+
+def test_a_short_run_reports_it_in_the_summary(train_config, tmp_path):
+    import wspet.training.experiment as training
+
+    # A validation every step of a 12-step run whose loss is still falling; a strict threshold (any
+    # 1% of the fall in the second half) makes the verdict certain, the thresholds are tested above.
+    overrides = ["loss=dice", "trainer.max_epochs=null", "trainer.max_steps=12", "trainer.val_check_interval=1",
+                 "model.optimizer.lr=1e-3", "evaluate.split=none", "callbacks.early_stopping=null",
+                 "callbacks.convergence.share=0.01", "callbacks.convergence.tail=0.5"]
+    summary = training.train(train_config(tmp_path, overrides))
+    assert summary["converged"] is False
+    assert "still falling fast after 12 steps" in summary["not_converged"][0]
+    assert summary["stages"]["dice"]["not_converged"] == summary["not_converged"]

@@ -1,0 +1,65 @@
+"""Say when a run ended far from convergence, instead of reporting its numbers as if it had learnt.
+
+A run given too few steps (a step budget cut short, a tiny data set counted in epochs) leaves a
+model whose validation loss is still falling fast, or, for a weak loss, whose predictions are still
+the boxes it was shown. Both are visible in the validation history
+(:class:`wspet.training.callbacks.ValidationHistory`, ``{step: {"val/loss": ..., "val/box_agreement": ...}}``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+
+def still_improving(losses: list[float], tail: float = 0.25, share: float = 0.1) -> bool:
+    """Whether the last ``tail`` of the validations brought more than ``share`` of the total gain.
+
+    ``losses``: ``val/loss`` at each validation, in order. The gain is the fall from the first
+    value to the best one; a converged run gains little at its end. Fewer than 4 validations, or
+    no gain at all, say nothing (False).
+    """
+    if len(losses) < 4:
+        return False
+    cut = max(1, min(len(losses) - 1, round(len(losses) * (1 - tail))))
+    best_before, best = min(losses[:cut]), min(losses)
+    gain = losses[0] - best
+    return gain > 0 and (best_before - best) > share * gain
+
+
+def convergence_problems(
+    history: Mapping[int, Mapping[str, float]],
+    steps: int,
+    tail: float = 0.25,
+    share: float = 0.1,
+    box_agreement: float = 0.9,
+    watch_box: bool = False,
+) -> list[str]:
+    """Signs in a stage's validation ``history`` (by step) that it ended far from convergence.
+
+    Args:
+        steps: optimiser steps trained, for the message.
+        tail, share: see :func:`still_improving`.
+        box_agreement: above this Dice between prediction and box at the last validation the
+            prediction is still the box (checked only with ``watch_box``: weak losses meant to
+            shrink the boxes to lesions).
+
+    Returns one message per problem, each naming the setting to change; empty when none is seen.
+    """
+    if not 0 < tail < 1 or not 0 < share < 1 or not 0 < box_agreement <= 1:
+        raise ValueError(f"tail {tail} and share {share} must lie in (0, 1), box_agreement {box_agreement} in (0, 1]")
+    ordered = [history[step] for step in sorted(history)]
+    losses = [v["val/loss"] for v in ordered if math.isfinite(v.get("val/loss", math.nan))]
+    problems = []
+    if still_improving(losses, tail, share):
+        problems.append(
+            f"val/loss was still falling fast after {steps} steps ({losses[0]:.4f} -> {min(losses):.4f}, "
+            f"more than {share:.0%} of the fall in the last {tail:.0%} of validations); raise trainer.max_steps"
+        )
+    agreement = ordered[-1].get("val/box_agreement", math.nan) if ordered else math.nan
+    if watch_box and agreement > box_agreement:
+        problems.append(
+            f"predictions are still the boxes after {steps} steps (Dice with the box {agreement:.3f} > "
+            f"{box_agreement}); raise trainer.max_steps or check the loss"
+        )
+    return problems

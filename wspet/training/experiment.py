@@ -1,0 +1,135 @@
+"""``train(cfg)``: fit one experiment (both of the paper's stages when it needs them) and evaluate it.
+
+``train.py`` is a thin Hydra wrapper around this; tests call it directly with composed configs.
+Resuming, signals, DDP and the run's provenance record: docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from wspet.metrics.summary import format_table
+from wspet.io import write_text
+from wspet.model.precision import device_type, resolve_precision
+from wspet.training.callbacks import best_validation
+from wspet.training.checkpointing import launch_rank_is_zero
+from wspet.training.resume import finished_summary, read_stage_record, record_run, resume_mode
+from wspet.training.stage import WEAK_STAGE_LOSS, build_datamodule, fit_and_evaluate
+from wspet.training.stage_result import PRETRAIN_STAGE, StageResult
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train and evaluate the experiment ``cfg``; return the summary also written to ``summary.json``.
+
+    ``cfg.ckpt_path`` (docs/scaling.md): unset starts afresh, except in a Slurm job's requeued attempt,
+    which resumes like ``last``; ``last`` resumes the run folder's interrupted stage from its
+    ``last.ckpt`` and never retrains a finished stage; a file resumes the last stage from it.
+    Under DDP only global rank 0 writes run-folder files and evaluates.
+    """
+    out_dir = Path(cfg.paths.output_dir)
+    rank_zero = launch_rank_is_zero()
+    resume = resume_mode(cfg, out_dir)
+    resuming = resume is not None
+    from_file = resume if isinstance(resume, Path) else None
+    if resume == "last" and (finished := finished_summary(out_dir)) is not None:
+        log.info("%s finished before; nothing to resume", out_dir)
+        return finished
+    if rank_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    data = build_datamodule(cfg)
+    data.prepare_data()
+    data.check()  # every case, before any training time is spent
+    if rank_zero:
+        record_run(cfg, out_dir, resuming)
+    stages = []
+    init_from = cfg.model.init_from
+    if needs_pretraining(cfg):
+        stage_cfg = pretraining_config(cfg)
+        stage_dir = out_dir / PRETRAIN_STAGE
+        if from_file is None:
+            stages.append(fit_and_evaluate(stage_cfg, stage_dir, init_from, PRETRAIN_STAGE, resuming=resuming))
+            init_from = str(stages[-1].checkpoint)
+        elif (record := read_stage_record(stage_dir)) is not None:  # reported, not needed: the file has the weights
+            stages.append(record)
+    # A checkpoint file named by ckpt_path is trained from even if the run folder records the stage as done.
+    final_resuming = resuming and from_file is None
+    stages.append(fit_and_evaluate(cfg, out_dir, init_from, cfg.experiment_name, resuming=final_resuming, ckpt_path=from_file))
+    summary = run_summary(cfg, stages)
+    if rank_zero:
+        write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+        print_results(stages)
+    return summary
+
+
+def needs_pretraining(cfg: DictConfig) -> bool:
+    enabled = cfg.pretrain.enabled
+    if enabled == "auto":
+        weak = cfg.loss.supervision == "box" and cfg.loss.name != WEAK_STAGE_LOSS
+        return weak and not cfg.model.init_from
+    if not isinstance(enabled, bool):
+        raise ValueError(f"pretrain.enabled {enabled!r} is not one of auto, true, false")
+    return enabled
+
+
+def pretraining_config(cfg: DictConfig) -> DictConfig:
+    """The box-Dice stage: the same run with ``pretrain.loss``, no post-processing."""
+    stage = cfg.copy()
+    with open_dict(stage):
+        stage.loss = cfg.pretrain.loss
+        stage.trainer.max_steps = cfg.pretrain.max_steps
+        stage.run_name = f"{cfg.run_name}-pretrain"
+        stage.postprocess = {"name": "none", "fn": None}
+        if "logger" in stage and stage.logger and "wandb" in stage.logger:
+            stage.logger.wandb.name = f"{cfg.logger.wandb.name}-pretrain"
+            stage.logger.wandb.tags = [f"loss:{cfg.pretrain.loss.name}", "postprocess:none", "stage:pretrain"]
+    return stage
+
+
+def best_validation_metric(cfg: DictConfig, stage: StageResult) -> dict:
+    """``cfg.optimized_metric`` at the validation whose checkpoint the stage kept (what a sweeper optimises)."""
+    monitor = cfg.callbacks.checkpoint
+    return best_validation(stage.checkpoint, cfg.get("optimized_metric", "val/loss"), monitor.monitor, monitor.mode)
+
+
+def run_summary(cfg: DictConfig, stages: list[StageResult]) -> dict:
+    final = stages[-1]
+    return {
+        "experiment": cfg.experiment_name,
+        "loss": cfg.loss.name,
+        "postprocess": cfg.postprocess.name,
+        "seed": cfg.seed,
+        "precision": resolve_precision(cfg.trainer.precision, device_type(cfg.trainer.accelerator)).precision,
+        "data_root": str(Path(cfg.data.root).resolve()),
+        "checkpoint": str(final.checkpoint),
+        "collapsed": final.collapsed,
+        "converged": not final.not_converged,
+        "not_converged": final.not_converged,
+        "test": final.test_summary,
+        "validation": best_validation_metric(cfg, final),
+        "stages": {
+            s.name: {
+                "checkpoint": str(s.checkpoint), "steps": s.steps, "collapsed": s.collapsed,
+                "not_converged": s.not_converged, "test": s.test_summary,
+            }
+            for s in stages
+        },
+    }
+
+
+def print_results(stages: list[StageResult]) -> None:
+    for stage in stages:
+        if stage.test_rows:
+            print(format_table(stage.test_rows, f"\nTest results of stage '{stage.name}':"))
+        if stage.collapsed:
+            print(f"WARNING: stage '{stage.name}' collapsed to empty predictions (see the log)")
+        for problem in stage.not_converged:
+            print(f"WARNING: stage '{stage.name}' did not converge: {problem}")
+    if len(stages) > 1 and all(s.test_rows for s in stages):
+        before, after = (s.test_summary["dice"] for s in (stages[0], stages[-1]))
+        print(f"\nMean test Dice: {stages[0].name} {before:.3f} -> {stages[-1].name} {after:.3f}")
