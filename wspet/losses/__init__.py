@@ -1,4 +1,4 @@
-"""The losses of Afshari et al. 2019 (section 3), as plain functions and thin ``nn.Module`` wrappers.
+"""The losses of Afshari et al. 2019 (section 3) and those beyond it, as plain functions and thin ``nn.Module`` wrappers.
 
 All tensors are ``(B, 1, D, H, W)``; each function averages a per-sample loss over the batch and
 returns a 0-dim float32 tensor. The modules share ``forward(image, probs, target) -> dict`` with
@@ -7,6 +7,7 @@ the differentiable total under ``"loss"``. See docs/losses.md.
 
 from __future__ import annotations
 
+from wspet.losses.box_projection import BoxProjectionLoss, box_projection_loss
 from wspet.losses.composite import CompositeLoss, composite_loss
 from wspet.losses.dice import DiceLoss, dice_loss
 from wspet.losses.dice_ce import DiceCELoss, dice_ce_loss
@@ -14,11 +15,13 @@ from wspet.losses.modified_dice import ModifiedDiceLoss, modified_dice_loss
 from wspet.losses.mumford_shah import MumfordShahLoss, mumford_shah_loss
 
 __all__ = [
+    "BoxProjectionLoss",
     "CompositeLoss",
     "DiceCELoss",
     "DiceLoss",
     "ModifiedDiceLoss",
     "MumfordShahLoss",
+    "box_projection_loss",
     "composite_loss",
     "dice_ce_loss",
     "dice_loss",
