@@ -13,6 +13,7 @@ from wspet.losses.dice import DiceLoss, dice_loss
 from wspet.losses.dice_ce import DiceCELoss, dice_ce_loss
 from wspet.losses.modified_dice import ModifiedDiceLoss, modified_dice_loss
 from wspet.losses.mumford_shah import MumfordShahLoss, mumford_shah_loss
+from wspet.losses.tightness import TightnessLoss, log_barrier, tightness_loss
 
 __all__ = [
     "BoxProjectionLoss",
@@ -21,10 +22,13 @@ __all__ = [
     "DiceLoss",
     "ModifiedDiceLoss",
     "MumfordShahLoss",
+    "TightnessLoss",
     "box_projection_loss",
     "composite_loss",
     "dice_ce_loss",
     "dice_loss",
+    "log_barrier",
     "modified_dice_loss",
     "mumford_shah_loss",
+    "tightness_loss",
 ]
