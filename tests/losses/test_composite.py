@@ -125,8 +125,8 @@ PAPER_DEFAULTS = {"beta": 10.0, "lam": 1.0, "alpha": 0.1, "w1": 1.0, "w2": 3.0, 
 CONFIGS = {
     "fs": ("label", "DiceLoss", {}),
     "dice": ("box", "DiceLoss", {}),
-    "mdice": ("box", "ModifiedDiceLoss", {"alpha": 0.1}),
-    "mdice_ms": ("box", "CompositeLoss", PAPER_DEFAULTS),
+    "mdice": ("box", "ModifiedDiceLoss", {"alpha": 0.1, "gate": "union"}),
+    "mdice_ms": ("box", "CompositeLoss", {**PAPER_DEFAULTS, "gate": "union", "data_term": "paper"}),
 }
 
 

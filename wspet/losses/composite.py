@@ -1,12 +1,16 @@
-"""The paper's composite loss ``L = beta L_MDice + lambda L_MS``, eq. (1) of Afshari et al. 2019."""
+"""The paper's composite loss ``L = beta L_MDice + lambda L_MS``, eq. (1) of Afshari et al. 2019.
+
+Two options beyond the paper, both off by default: ``gate="per_box"`` (each box its own step in
+``L_MDice``) and ``data_term="chan_vese"`` (the squared data term in ``L_MS``).
+"""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
 from wspet.losses.checks import check_hyperparameter, check_volumes
-from wspet.losses.modified_dice import box_fraction_per_sample, modified_dice_loss_per_sample
-from wspet.losses.mumford_shah import _check_ms_hyperparameters, mumford_shah_loss_per_sample
+from wspet.losses.modified_dice import box_fraction_per_sample, check_gate, modified_dice_loss_per_sample
+from wspet.losses.mumford_shah import _check_ms_hyperparameters, check_data_term, mumford_shah_loss_per_sample
 
 __all__ = ["CompositeLoss", "composite_loss"]
 
@@ -23,11 +27,12 @@ def _check_composite_hyperparameters(
 
 
 def _composite_terms(
-    image: Tensor, probs: Tensor, box: Tensor, beta: float, lam: float, alpha: float, w1: float, w2: float, eps: float
+    image: Tensor, probs: Tensor, box: Tensor, beta: float, lam: float, alpha: float, w1: float, w2: float, eps: float,
+    gate: str = "union", data_term: str = "paper",
 ) -> dict[str, Tensor]:
     probs, box, image = check_volumes(probs, box, image, target_name="box")
-    mdice = modified_dice_loss_per_sample(probs, box, alpha).mean()
-    ms = mumford_shah_loss_per_sample(image, probs, box, w1, w2, eps).mean()
+    mdice = modified_dice_loss_per_sample(probs, box, alpha, gate).mean()
+    ms = mumford_shah_loss_per_sample(image, probs, box, w1, w2, eps, data_term).mean()
     return {
         "loss": beta * mdice + lam * ms,
         "loss_mdice": mdice.detach(),
@@ -46,6 +51,8 @@ def composite_loss(
     w1: float = 1.0,
     w2: float = 3.0,
     eps: float = 0.03,
+    gate: str = "union",
+    data_term: str = "paper",
 ) -> Tensor:
     """``beta L_MDice + lam L_MS`` (eq. 1), the mean over the batch.
 
@@ -54,7 +61,7 @@ def composite_loss(
         probs: (B, 1, D, H, W) sigmoid outputs in [0, 1].
         box: (B, 1, D, H, W) {0, 1} union of the training boxes.
         beta, lam: non-negative term weights (paper: 10 and 1).
-        alpha: see :func:`~wspet.losses.modified_dice_loss`; w1, w2, eps: see
+        alpha, gate: see :func:`~wspet.losses.modified_dice_loss`; w1, w2, eps, data_term: see
             :func:`~wspet.losses.mumford_shah_loss`.
 
     Returns:
@@ -62,7 +69,7 @@ def composite_loss(
         ``beta mean(p)`` (``L_MDice`` gives ``mean(p)``, ``L_MS`` gives 0).
     """
     hyper = _check_composite_hyperparameters(beta, lam, alpha, w1, w2, eps)
-    return _composite_terms(image, probs, box, *hyper)["loss"]
+    return _composite_terms(image, probs, box, *hyper, check_gate(gate), check_data_term(data_term))["loss"]
 
 
 class CompositeLoss(nn.Module):
@@ -81,14 +88,22 @@ class CompositeLoss(nn.Module):
         w1: float = 1.0,
         w2: float = 3.0,
         eps: float = 0.03,
+        gate: str = "union",
+        data_term: str = "paper",
     ) -> None:
         super().__init__()
         self.beta, self.lam, self.alpha, self.w1, self.w2, self.eps = _check_composite_hyperparameters(
             beta, lam, alpha, w1, w2, eps
         )
+        self.gate, self.data_term = check_gate(gate), check_data_term(data_term)
 
     def forward(self, image: Tensor, probs: Tensor, target: Tensor) -> dict[str, Tensor]:
-        return _composite_terms(image, probs, target, self.beta, self.lam, self.alpha, self.w1, self.w2, self.eps)
+        return _composite_terms(
+            image, probs, target, self.beta, self.lam, self.alpha, self.w1, self.w2, self.eps, self.gate, self.data_term
+        )
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, lam={self.lam}, alpha={self.alpha}, w1={self.w1}, w2={self.w2}, eps={self.eps}"
+        return (
+            f"beta={self.beta}, lam={self.lam}, alpha={self.alpha}, w1={self.w1}, w2={self.w2}, eps={self.eps}, "
+            f"gate={self.gate}, data_term={self.data_term}"
+        )
