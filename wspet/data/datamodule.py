@@ -116,6 +116,9 @@ class PetDataModule(L.LightningDataModule):
         shape_multiple: with ``volume_size=None``, volumes are padded to a multiple of this (the
             U-Net's ``2 ** (levels - 1)``).
         box_sampling_probability: chance that a training patch is centred inside a box.
+        hard_negative_probability: chance that it is centred on a hard negative instead: a voxel
+            outside every box above the ``hard_negative_quantile`` of the intensities there
+            (normal uptake; :mod:`wspet.data.sampling`). 0 turns it off.
         target_spacing, intensity, suv_scale: the :class:`Preprocessing` of every volume
             (``None``: native spacing; ``zscore`` or ``suv`` intensities).
         seed: the run's seed, from which every epoch's training draws are made.
@@ -137,6 +140,8 @@ class PetDataModule(L.LightningDataModule):
         samples_per_volume: int = 2,
         queue_length: int = 16,
         box_sampling_probability: float = 0.7,
+        hard_negative_probability: float = 0.0,
+        hard_negative_quantile: float = 0.99,
         val_fraction: float = 0.2,
         split_seed: int = 0,
         val_labels: bool = True,
@@ -176,6 +181,8 @@ class PetDataModule(L.LightningDataModule):
         self.samples_per_volume = samples_per_volume
         self.queue_length = queue_length
         self.box_sampling_probability = box_sampling_probability
+        self.hard_negative_probability = hard_negative_probability
+        self.hard_negative_quantile = hard_negative_quantile
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.val_labels = val_labels
@@ -266,7 +273,11 @@ class PetDataModule(L.LightningDataModule):
             tio.SubjectsDataset([self.train_subjects[i] for i in indices], transform=transform),
             max_length=max(self.queue_length, self.samples_per_volume),
             samples_per_volume=self.samples_per_volume,
-            sampler=BoxCentredSampler(self.patch_size, self.box_sampling_probability),
+            sampler=BoxCentredSampler(
+                self.patch_size, self.box_sampling_probability,
+                hard_negative_probability=self.hard_negative_probability,
+                hard_negative_quantile=self.hard_negative_quantile,
+            ),
             num_workers=self.num_workers,
         )
         # The queue already runs the workers (loading and augmenting there); a second level of workers would copy it.

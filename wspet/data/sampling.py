@@ -1,4 +1,9 @@
-"""Patch sampling centred on the boxes: how training sees lesions often enough not to collapse."""
+"""Patch sampling centred on the boxes: how training sees lesions often enough not to collapse.
+
+Optionally, a share of patches is centred on **hard negatives**: the hottest voxels outside every
+box (normal uptake: brain, bladder, heart, kidneys in a whole-body scan), so that the network
+learns that bright is not enough to be lesion.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,33 @@ import torch
 import torchio as tio
 
 
-def box_sampling_weights(box: torch.Tensor, probability: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+def box_sampling_weights(
+    box: torch.Tensor,
+    probability: float,
+    valid: torch.Tensor | None = None,
+    hot: torch.Tensor | None = None,
+    hot_probability: float = 0.0,
+) -> torch.Tensor:
     """Per-voxel weights (same shape as ``box``) that put ``probability`` of the mass on the box.
 
     Among the ``valid`` voxels (all by default: those that may be a patch centre), every box
-    voxel gets ``probability / n_box`` and every other voxel ``(1 - probability) / n_rest``,
-    whatever the box's size; invalid voxels get 0. Without a valid box voxel (or without
-    valid background) the valid voxels are weighted uniformly.
+    voxel gets ``probability / n_box``; with ``hot`` (a bool map of hard negatives), every valid
+    hot voxel outside the boxes gets ``hot_probability / n_hot``; every other voxel shares what is
+    left, whatever the sizes. Invalid voxels get 0. A group with no valid voxel gives its share to
+    the others in proportion; without a valid box voxel and hot voxel the valid voxels are weighted
+    uniformly.
     """
     valid = torch.ones(box.shape, dtype=torch.bool) if valid is None else valid
     inside = (box > 0) & valid
-    outside = ~(box > 0) & valid
-    n_box, n_rest = int(inside.sum()), int(outside.sum())
+    hard = (hot & ~(box > 0) & valid) if hot is not None and hot_probability > 0 else torch.zeros_like(inside)
+    rest = ~(box > 0) & ~hard & valid
+    groups = [(inside, probability), (hard, hot_probability), (rest, 1.0 - probability - hot_probability)]
+    present = [(mask, share) for mask, share in groups if mask.any() and share > 0]
     weights = valid.to(torch.float64)
-    if n_box and n_rest:
-        weights[inside] = probability / n_box
-        weights[outside] = (1.0 - probability) / n_rest
+    if len(present) > 1:
+        total = sum(share for _, share in present)
+        for mask, share in present:
+            weights[mask] = share / total / int(mask.sum())
     return weights
 
 
@@ -36,15 +52,49 @@ class BoxCentredSampler(tio.WeightedSampler):
     is read, never a label: weak supervision must not see the lesion masks.
     """
 
-    def __init__(self, patch_size: Sequence[int], probability: float = 0.7, box_key: str = "box") -> None:
+    def __init__(
+        self,
+        patch_size: Sequence[int],
+        probability: float = 0.7,
+        box_key: str = "box",
+        hard_negative_probability: float = 0.0,
+        hard_negative_quantile: float = 0.99,
+        image_key: str = "image",
+    ) -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"box sampling probability {probability} is not in [0, 1]")
+        if not 0.0 <= hard_negative_probability <= 1.0 - probability:
+            raise ValueError(
+                f"hard negative probability {hard_negative_probability} is not in [0, 1 - box probability "
+                f"{probability}]"
+            )
+        if not 0.0 < hard_negative_quantile < 1.0:
+            raise ValueError(f"hard negative quantile {hard_negative_quantile} is not in (0, 1)")
         super().__init__(patch_size, probability_map=box_key)
         self.probability = probability
+        self.hard_negative_probability = hard_negative_probability
+        self.hard_negative_quantile = hard_negative_quantile
+        self.image_key = image_key
 
     def get_probability_map(self, subject: tio.Subject) -> torch.Tensor:
         box = subject[self.probability_map_name].data
         # Only voxels at least half a patch from the border can be centres; share the mass there.
         valid = np.ones(box.shape[1:])
         self.clear_probability_borders(valid, self.patch_size)
-        return box_sampling_weights(box, self.probability, torch.from_numpy(valid > 0)[None])
+        valid = torch.from_numpy(valid > 0)[None]
+        hot = None
+        if self.hard_negative_probability > 0:
+            hot = hard_negatives(subject[self.image_key].data, box, self.hard_negative_quantile)
+        return box_sampling_weights(box, self.probability, valid, hot, self.hard_negative_probability)
+
+
+def hard_negatives(image: torch.Tensor, box: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Bool map of the voxels outside every box above the ``quantile`` of the intensities there.
+
+    Read from the image alone (never a label): the hottest normal uptake of the volume.
+    """
+    outside = ~(box > 0)
+    if not outside.any():
+        return torch.zeros_like(outside)
+    cut = float(np.quantile(image[outside].float().numpy(), quantile))
+    return outside & (image > cut)
