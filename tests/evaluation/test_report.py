@@ -201,9 +201,14 @@ def test_results_md_mean_std_and_empty_count(report):
 def test_results_md_order_and_reference_note(report):
     _, paths = report
     text = paths["results_md"].read_text()
-    names = [ln.split("|")[1].strip() for ln in text.splitlines()
+    summary, comparisons = text.split("## Paired differences")
+    names = [ln.split("|")[1].strip() for ln in summary.splitlines()
              if ln.startswith("| ") and not ln.startswith("| experiment")]
     assert names == ["dice", "mdice_ms", "box_prompted †", "box *", "box_threshold *"]
+    compared = [ln.split("|")[1].strip() for ln in comparisons.split("## Seed to seed")[0].splitlines()
+                if ln.startswith("| ") and not ln.startswith("| comparison")]
+    assert compared == ["dice − mdice_ms", "box_prompted − box_threshold", "box_prompted − box", "box_prompted − dice"]
+    assert "| mdice_ms |" in comparisons.split("## Seed to seed")[1]
     assert "† `box_prompted`: the best weak experiment, `dice`" in text
     assert "tight boxes from the **test labels**" in text
     assert "help at test time" in text

@@ -32,6 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from wspet.data.format import CaseEntry, DatasetError, Volume, load_image, load_label, read_dataset
+from wspet.evaluation.comparisons import paired_markdown, per_seed_markdown
 from wspet.evaluation.overlays import draw_case
 from wspet.io import atomic_path, write_text
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, mean_std
@@ -524,6 +525,13 @@ def _atomic_savefig(fig: Figure, path: Path) -> Path:
     return path
 
 
+def default_pairs(learned: Sequence[str], best_weak: str) -> list[tuple[str, str]]:
+    """The comparisons the results page shows: the best weak loss against full supervision and every
+    other learned row, and box-prompted prediction against the 41% threshold and the box."""
+    pairs = [(best_weak, name) for name in learned if name not in (best_weak, BOX_PROMPTED)]
+    return pairs + [(BOX_PROMPTED, "box_threshold"), (BOX_PROMPTED, "box"), (BOX_PROMPTED, best_weak)]
+
+
 def write_report(
     sweep_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -544,10 +552,16 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
     note = (f"\n† `{BOX_PROMPTED}`: the best weak experiment, `{prompted}`, with its predictions kept inside the"
             " reference rows' tight test boxes (`predict.py boxes=FILE`): the semi-automatic use.\n")
+    learned = [name for name in experiments_in_order(rows) if name not in REFERENCE_ROWS]
+    comparisons = (
+        "\n## Paired differences\n\nDice, over the (test case, seed) results both rows have (a reference row"
+        " pairs with every seed):\n\n" + paired_markdown(rows, default_pairs(learned, prompted))
+        + "\n## Seed to seed\n\nMean test Dice per seed:\n\n" + per_seed_markdown(rows, learned)
+    )
     return {
         "results_csv": _atomic_text(out / "results.csv", results_csv_text(rows)),
         "results_md": _atomic_text(
-            out / "results.md", "# Results\n\n" + summary_markdown(rows, runs) + note
+            out / "results.md", "# Results\n\n" + summary_markdown(rows, runs) + note + comparisons
         ),
         "figure1": plot_figure1(rows, out / "figure1.png"),
         "figure2": plot_figure2(rows, runs, out / "figure2.png", figure_experiment),
