@@ -62,8 +62,9 @@ bench: install
 
 # The paper's Figure 1 as one Hydra multirun over experiments and seeds, then the report
 # (results.csv, results.md, figure1.png, figure2.png in the sweep folder).
-ABLATION_EXPERIMENTS ?= fs,dice,mdice,mdice_ms,mdice_ms_morph,dice_levelset,pseudo
-# With the stage cache one seed trains 6 distinct stages of up to 2000 steps (docs/training.md);
+ABLATION_EXPERIMENTS ?= fs,dice,mdice,mdice_ms,mdice_ms_morph,dice_levelset,pseudo,boxproj,tightness
+# With the stage cache one seed trains 8 distinct stages of up to 2000 steps, and one box-Dice stage of
+# 500 that mdice, mdice_ms, boxproj and tightness share (docs/training.md);
 # on 2 CPU cores run one seed per `make ablation` (SEEDS=0, then SEEDS=1 with the same SWEEP_DIR:
 # run folders are named <experiment>-seed<seed>) to stay within 90 minutes each; on GPUs use more (SEEDS=0,1,2,3,4).
 SEEDS ?= 0,1

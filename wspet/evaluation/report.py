@@ -51,6 +51,8 @@ PAPER_ORDER = (
     "mdice_ms_morph",
     "dice_levelset",
     "pseudo",
+    "boxproj",
+    "tightness",
     "box_prompted",
     "box",
     "box_threshold",
