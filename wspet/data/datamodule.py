@@ -21,9 +21,9 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
 from wspet.data.boxes import boxes_to_mask
 from wspet.data.check import SUPERVISIONS, validate_dataset
-from wspet.data.format import CaseEntry, DatasetError, case_boxes, load_image, load_label, read_dataset
+from wspet.data.format import CaseEntry, DatasetError, case_boxes, load_image, load_label, load_label_map, read_dataset
 from wspet.data.preprocessing import Preprocessing
-from wspet.data.pseudo_labels import pseudo_label
+from wspet.data.pseudo_labels import IGNORE, pseudo_label
 from wspet.data.replay import EpochSeededLoader
 from wspet.data.sampling import BoxCentredSampler
 
@@ -44,10 +44,13 @@ def split_validation(cases: Sequence[CaseEntry], fraction: float, seed: int) -> 
 
 
 def make_subject(
-    case: CaseEntry, *, read_label: bool, box_margin_mm: float, pseudo_labels: dict | None = None
+    case: CaseEntry, *, read_label: bool, box_margin_mm: float, pseudo_labels: dict | None = None,
+    pseudo_label_dir: Path | None = None,
 ) -> tio.Subject:
     """A TorchIO subject with ``image``, ``box``, when ``read_label`` ``label``, and with
-    ``pseudo_labels`` (keyword arguments of :func:`~wspet.data.pseudo_labels.pseudo_label`) ``pseudo``.
+    ``pseudo_labels`` (keyword arguments of :func:`~wspet.data.pseudo_labels.pseudo_label`) ``pseudo``:
+    made from the boxes, or read from ``pseudo_label_dir/<case>.nii.gz`` when that is given
+    (values 0, 1 and 2 = ignore; written by self-training, :mod:`wspet.training.self_training`).
 
     The label file is otherwise read only when the case has no boxes, to derive them.
     Tensors are decoded once here and kept in memory (the volumes are small).
@@ -64,7 +67,10 @@ def make_subject(
         "name": case.name,
     }
     if pseudo_labels is not None:
-        pseudo = pseudo_label(image.array, boxes, **pseudo_labels)
+        if pseudo_label_dir is not None:
+            pseudo = load_label_map(Path(pseudo_label_dir) / f"{case.name}.nii.gz", image, n_labels=IGNORE + 1)
+        else:
+            pseudo = pseudo_label(image.array, boxes, **pseudo_labels)
         fields["pseudo"] = tio.LabelMap(tensor=torch.from_numpy(pseudo)[None], affine=image.affine)
     if read_label and label is not None:
         fields["label"] = tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=image.affine)
@@ -107,6 +113,8 @@ class PetDataModule(L.LightningDataModule):
             ``label`` (full supervision).
         pseudo_labels: how ``pseudo`` labels are made (keyword arguments of
             :func:`~wspet.data.pseudo_labels.pseudo_label`); used with ``supervision="pseudo"``.
+        pseudo_label_dir: a folder of ``<case>.nii.gz`` label maps to use as ``pseudo`` labels
+            instead (a self-training round's); ``None`` makes them from the boxes.
         volume_size: every volume is cropped or padded to this size (the paper's 160x160x128),
             after resampling to ``target_spacing``; ``None`` keeps each volume whole, padded to a
             multiple of ``shape_multiple`` and to at least ``patch_size``, so that training sees
@@ -154,6 +162,7 @@ class PetDataModule(L.LightningDataModule):
         intensity: str = "zscore",
         suv_scale: float = 1.0,
         pseudo_labels: dict | None = None,
+        pseudo_label_dir: str | Path | None = None,
         seed: int = 0,
         phantom: Callable[[Path], object] | None = None,
         max_spacing_ratio: float | None = 1.2,
@@ -168,6 +177,7 @@ class PetDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.supervision = supervision
         self.pseudo_labels = (pseudo_labels or {}) if supervision == "pseudo" else None
+        self.pseudo_label_dir = Path(pseudo_label_dir) if pseudo_label_dir else None
         self.volume_size = None if volume_size is None else tuple(int(s) for s in volume_size)
         self.patch_size = tuple(int(s) for s in patch_size)
         self.shape_multiple = int(shape_multiple)
@@ -239,7 +249,8 @@ class PetDataModule(L.LightningDataModule):
 
     def _subject(self, case: CaseEntry, read_label: bool) -> tio.Subject:
         subject = make_subject(
-            case, read_label=read_label, box_margin_mm=self.box_margin_mm, pseudo_labels=self.pseudo_labels
+            case, read_label=read_label, box_margin_mm=self.box_margin_mm, pseudo_labels=self.pseudo_labels,
+            pseudo_label_dir=self.pseudo_label_dir,
         )
         if self.supervision == "label" and "label" not in subject:
             raise DatasetError(case.image, [f"{case.name} has no label, needed for full supervision"])

@@ -360,6 +360,27 @@ def load_label(path: str | Path, image: Volume) -> np.ndarray:
     negative values. Values other than 0 and 1 are accepted with a :class:`DatasetWarning`.
     """
     path = Path(path)
+    array = _label_array(path, image)
+    values = np.unique(array)
+    if values.size > 2 or (values.size == 2 and values[1] != 1) or (values.size == 1 and values[0] not in (0, 1)):
+        _warn(f"{path}: label values {_short(values.tolist())}: every value > 0 is taken as lesion")
+    return (array > 0).astype(np.uint8)
+
+
+def load_label_map(path: str | Path, image: Volume, n_labels: int) -> np.ndarray:
+    """Load a label map on ``image``'s grid as uint8 values ``0 .. n_labels - 1`` (e.g. pseudo-labels with ignore).
+
+    Refused as :func:`load_label` refuses, and any value outside ``0 .. n_labels - 1``.
+    """
+    path = Path(path)
+    array = _label_array(path, image)
+    outside = np.unique(array[(array < 0) | (array >= n_labels)])
+    if outside.size:
+        raise DatasetError(path, [f"label values {_short(outside.tolist())} are not in 0..{n_labels - 1}"])
+    return array.astype(np.uint8)
+
+
+def _label_array(path: Path, image: Volume) -> np.ndarray:
     nifti = open_nifti(path, "label")
     array = _as_3d(read_voxels(nifti, path), path, "label")
     affine = _checked_affine(nifti, path)
@@ -375,10 +396,7 @@ def load_label(path: str | Path, image: Volume) -> np.ndarray:
     problems += _label_value_problems(array)
     if problems:
         raise DatasetError(path, problems)
-    values = np.unique(array)
-    if values.size > 2 or (values.size == 2 and values[1] != 1) or (values.size == 1 and values[0] not in (0, 1)):
-        _warn(f"{path}: label values {_short(values.tolist())}: every value > 0 is taken as lesion")
-    return (array > 0).astype(np.uint8)
+    return array
 
 
 def open_nifti(path: Path, kind: str) -> nib.spatialimages.SpatialImage:

@@ -18,6 +18,7 @@ from wspet.model.precision import device_type, resolve_precision
 from wspet.training.callbacks import best_validation
 from wspet.training.checkpointing import launch_rank_is_zero
 from wspet.training.resume import finished_summary, read_stage_record, record_run, resume_mode
+from wspet.training.self_training import relabel
 from wspet.training.stage import WEAK_STAGE_LOSS, build_datamodule, fit_and_evaluate
 from wspet.training.stage_result import PRETRAIN_STAGE, StageResult
 
@@ -59,12 +60,44 @@ def train(cfg: DictConfig) -> dict:
             stages.append(record)
     # A checkpoint file named by ckpt_path is trained from even if the run folder records the stage as done.
     final_resuming = resuming and from_file is None
-    stages.append(fit_and_evaluate(cfg, out_dir, init_from, cfg.experiment_name, resuming=final_resuming, ckpt_path=from_file))
+    final_cfg = cfg
+    for round_index in range(self_training_rounds(cfg, from_file)):
+        round_dir = out_dir / f"self_training_{round_index}"
+        stage = fit_and_evaluate(final_cfg, round_dir, init_from, f"{cfg.experiment_name}_round{round_index}", resuming=final_resuming)
+        stages.append(stage)
+        init_from = str(stage.checkpoint)
+        labels = relabel(
+            stage.checkpoint, cfg.data.root, out_dir / f"self_training_{round_index + 1}_labels", cfg.self_training.band,
+            cfg.evaluate.window, cfg.evaluate.overlap, cfg.data.box_margin_mm,
+        )
+        final_cfg = with_pseudo_label_dir(cfg, labels)
+    stages.append(fit_and_evaluate(final_cfg, out_dir, init_from, cfg.experiment_name, resuming=final_resuming, ckpt_path=from_file))
     summary = run_summary(cfg, stages)
     if rank_zero:
         write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
         print_results(stages)
     return summary
+
+
+def self_training_rounds(cfg: DictConfig, from_file: Path | None) -> int:
+    """How many self-training rounds precede the final stage: ``self_training.rounds`` for ``loss=pseudo``, else 0."""
+    rounds = int((cfg.get("self_training") or {}).get("rounds", 0) or 0)
+    if rounds < 0:
+        raise ValueError(f"self_training.rounds {rounds} must be >= 0")
+    if rounds and cfg.loss.supervision != "pseudo":
+        log.warning("self_training.rounds=%d ignored: loss=%s trains on %s, not pseudo-labels", rounds, cfg.loss.name, cfg.loss.supervision)
+        return 0
+    if rounds and from_file is not None:
+        raise ValueError(f"ckpt_path={from_file} with self_training.rounds={rounds}: resume a self-training run with ckpt_path=last")
+    return rounds
+
+
+def with_pseudo_label_dir(cfg: DictConfig, labels: Path) -> DictConfig:
+    """``cfg`` training on the label maps in ``labels`` instead of labels made from the boxes."""
+    stage = cfg.copy()
+    with open_dict(stage):
+        stage.data.pseudo_label_dir = str(labels)
+    return stage
 
 
 def needs_pretraining(cfg: DictConfig) -> bool:
