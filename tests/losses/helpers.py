@@ -163,3 +163,16 @@ def autocast_and_widened(
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = loss_fn(*rounded, box)
     return got, loss_fn(*(r.float() for r in rounded), box)
+
+
+# -- boxes -----------------------------------------------------------------------------------------
+
+CORNERS = st.tuples(*[st.integers(0, 3)] * 3)
+
+
+def box_in_cube(corner: tuple[int, int, int], size: tuple[int, int, int], side: int = 8) -> tuple[torch.Tensor, tuple]:
+    """``(box, region)``: a (1, 1, side, side, side) mask holding one box at ``corner`` of ``size``, and its slices."""
+    box = torch.zeros(1, 1, side, side, side)
+    region = tuple(slice(c, c + s) for c, s in zip(corner, size))
+    box[(0, 0, *region)] = 1
+    return box, region

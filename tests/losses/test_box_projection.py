@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.losses.helpers import PROPERTY, SEEDS, SHAPES, random_inputs
+from tests.losses.helpers import CORNERS, PROPERTY, SEEDS, SHAPES, box_in_cube, random_inputs
 from wspet.losses import BoxProjectionLoss, box_projection_loss
 
 
@@ -57,13 +57,11 @@ def test_matches_the_loop_reference(shape):
     assert box_projection_loss(image, p, b, 0.7, 0.4, 0.3).item() == pytest.approx(terms["loss"].item(), rel=1e-6)
 
 
-@given(seed=SEEDS, corner=st.tuples(*[st.integers(0, 3)] * 3), size=st.tuples(*[st.integers(1, 4)] * 3))
+@given(seed=SEEDS, corner=CORNERS, size=st.tuples(*[st.integers(1, 4)] * 3))
 @PROPERTY
 def test_a_lesion_touching_every_face_of_its_box_has_no_projection_loss(seed, corner, size):
     """Any connected shape that spans the box along each axis (here a cross through it) projects onto the box."""
-    box = torch.zeros(1, 1, 8, 8, 8)
-    region = tuple(slice(c, c + s) for c, s in zip(corner, size))
-    box[(0, 0, *region)] = 1
+    box, region = box_in_cube(corner, size)
     lesion = torch.zeros_like(box)
     centre = [c + s // 2 for c, s in zip(corner, size)]
     for axis in range(3):
