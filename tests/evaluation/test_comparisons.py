@@ -42,7 +42,9 @@ def test_experiments_with_nothing_to_pair_are_refused_by_name():
 
 
 def test_markdown_tables_skip_missing_rows_and_show_each_seed():
-    table = paired_markdown(rows(), [("pseudo", "fs"), ("pseudo", "absent")])
+    other_seed = [{"experiment": "mdice", "seed": 7, "case": "c1", "dice": 0.5}]
+    table = paired_markdown(rows() + other_seed, [("pseudo", "fs"), ("pseudo", "absent"), ("pseudo", "mdice")])
     assert "| pseudo − fs | +0.083 ± 0.133 | 4 / 6 |" in table and "absent" not in table
+    assert "| pseudo − mdice | no shared (case, seed) result | – |" in table
     seeds = per_seed_markdown(rows(), ["fs", "pseudo"])
     assert "| pseudo | 0.633 | 0.667 |" in seeds and "seed 0 | seed 1" in seeds

@@ -62,7 +62,11 @@ def paired_markdown(rows: Sequence[Row], pairs: Sequence[tuple[str, str]], metri
     for first, second in pairs:
         if first not in present or second not in present:
             continue
-        d = paired_difference(rows, first, second, metric)
+        try:
+            d = paired_difference(rows, first, second, metric)
+        except ValueError:  # e.g. different seeds: nothing to pair, and the table says so
+            lines.append(f"| {first} − {second} | no shared (case, seed) result | – |")
+            continue
         spread = f" ± {d.std:.3f}" if d.std == d.std else ""
         lines.append(f"| {first} − {second} | {d.mean:+.3f}{spread} | {d.first_higher} / {d.n} |")
     return "\n".join(lines) + "\n"
