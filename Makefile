@@ -80,13 +80,12 @@ ablation-smoke: install
 
 # The real soft-tissue-sarcoma scans (docs/results/sts-real.md): converted twice with one seeded
 # split, with boxes only (data/sts, `data=sts`) and with the training labels too (data/sts-full,
-# which loss=fs needs; the weak losses read only its boxes). Then fs, dice and mdice_ms on
+# which loss=fs needs; the weak losses read only its boxes). Then fs, dice, mdice_ms and pseudo on
 # data/sts-full and the report with the box and box_threshold rows.
 STS_SRC ?= ../shared/data/sts-fdg-pet
 STS_SWEEP_DIR ?= outputs/sts/$(shell date +%Y-%m-%d_%H-%M-%S)
-# Equal epochs make the dice run and mdice_ms's box-Dice stage one cached stage.
-STS_EPOCHS ?= 8
 STS_SEEDS ?= 0
+STS_EXPERIMENTS ?= fs,dice,mdice_ms,pseudo
 STS_ARGS ?= data.samples_per_volume=6
 
 data/sts/dataset.json: | install
@@ -98,7 +97,7 @@ data/sts-full/dataset.json: | install
 sts-data: data/sts/dataset.json data/sts-full/dataset.json
 
 sts: install sts-data
-	$(PY) train.py -m data=sts data.root=data/sts-full experiment=fs,dice,mdice_ms seed=$(STS_SEEDS) \
+	$(PY) train.py -m data=sts data.root=data/sts-full experiment=$(STS_EXPERIMENTS) seed=$(STS_SEEDS) \
 	    hydra.sweep.dir=$(STS_SWEEP_DIR) stage_cache=$(STS_SWEEP_DIR)/stage_cache \
 	    $(STS_ARGS) $(ARGS)
 	$(PY) -m wspet.evaluation.report $(STS_SWEEP_DIR)
