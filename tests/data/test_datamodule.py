@@ -115,3 +115,25 @@ def test_pseudo_supervision_carries_labels_made_in_the_boxes(tiny_dataset):
     assert pseudo.sum() > 0 and torch.all(pseudo[box == 0] == 0)  # lesion only inside boxes
     batch = next(iter(dm.train_dataloader()))
     assert batch["pseudo"]["data"].shape == (2, 1, 16, 16, 16)
+
+
+def test_volumes_are_prepared_once_and_patches_cut_from_them(tiny_dataset):
+    """Z-scores and padding run once in setup; a draw only augments (off here) and cuts a patch."""
+    import torchio as tio
+
+    dm = PetDataModule(tiny_dataset, volume_size=None, patch_size=(16, 16, 16), val_fraction=0.34,
+                       flip_probability=0.0, noise_std=0.0)
+    dm.setup()
+    train_cases, _ = split_validation(dataset_format.read_dataset(tiny_dataset).training, 0.34, 0)
+    raw = [dm._subject(case, read_label=False) for case in train_cases]
+    prepared = {s["name"]: s for s in dm.train_subjects}
+    for subject in raw:
+        assert torch.equal(prepared[subject["name"]]["image"].data, dm.volume_transform()(subject)["image"].data)
+    patches = 0
+    for batch in dm.patch_loader(range(len(train_cases))):
+        for name, location, patch in zip(batch["name"], batch[tio.LOCATION], batch["image"]["data"]):
+            i0, j0, k0, i1, j1, k1 = location.tolist()
+            assert torch.equal(patch, prepared[name]["image"].data[:, i0:i1, j0:j1, k0:k1])
+            patches += 1
+    assert patches == len(train_cases) * dm.samples_per_volume
+    assert dm.median_spacing() == [round(float(s), 6) for s in raw[0]["image"].spacing]

@@ -236,16 +236,20 @@ class PetDataModule(L.LightningDataModule):
         if not train_cases:
             raise DatasetError(self.root, ["no training cases left after the validation split"])
         full = self.supervision == "label"
-        self.train_subjects = [self._subject(c, read_label=full) for c in train_cases]
-        self.val_subjects = [self._subject(c, read_label=full or self.val_labels) for c in val_cases]
+        train = [self._subject(c, read_label=full) for c in train_cases]
+        val = [self._subject(c, read_label=full or self.val_labels) for c in val_cases]
+        spacings = np.array([subject["image"].spacing for subject in train])
+        self._median_spacing = [round(float(s), 6) for s in np.median(spacings, axis=0)]
+        # The deterministic steps run once here, not at every draw: a step's batch then costs only
+        # the augmentation and the patch (the loader was 9% of a bf16 step, docs/performance.md).
+        prepare = self.volume_transform()
+        self.train_subjects = [prepare(subject) for subject in train]
+        self.val_subjects = [prepare(subject) for subject in val]
         log.info("%s: %d training and %d validation cases", self.root, len(train_cases), len(val_cases))
 
     def median_spacing(self) -> list[float] | None:
         """Median voxel spacing in mm of the training volumes as read (before resampling); None before setup."""
-        if not self.train_subjects:
-            return None
-        spacings = np.array([subject["image"].spacing for subject in self.train_subjects])
-        return [round(float(s), 6) for s in np.median(spacings, axis=0)]
+        return getattr(self, "_median_spacing", None)
 
     def _subject(self, case: CaseEntry, read_label: bool) -> tio.Subject:
         subject = make_subject(
@@ -279,9 +283,8 @@ class PetDataModule(L.LightningDataModule):
 
     def patch_loader(self, indices: Sequence[int]) -> tio.SubjectsLoader:
         """One epoch's training patches from the training volumes ``indices``."""
-        transform = tio.Compose([self.volume_transform(), self.augmentation()])
         queue = tio.Queue(
-            tio.SubjectsDataset([self.train_subjects[i] for i in indices], transform=transform),
+            tio.SubjectsDataset([self.train_subjects[i] for i in indices], transform=self.augmentation()),
             max_length=max(self.queue_length, self.samples_per_volume),
             samples_per_volume=self.samples_per_volume,
             sampler=BoxCentredSampler(
@@ -296,7 +299,7 @@ class PetDataModule(L.LightningDataModule):
         return tio.SubjectsLoader(queue, batch_size=self.batch_size, num_workers=0, pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> tio.SubjectsLoader:
-        dataset = tio.SubjectsDataset(self.val_subjects, transform=self.volume_transform())
+        dataset = tio.SubjectsDataset(self.val_subjects)
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         sampler = None
         if world > 1:
