@@ -198,6 +198,7 @@ class PetDataModule(L.LightningDataModule):
         self.val_labels = val_labels
         self.box_margin_mm = box_margin_mm
         self.flip_axes = tuple(flip_axes)
+        self._median_spacing: list[float] | None = None  # set by setup()
         self.flip_probability = flip_probability
         self.noise_std = noise_std
         self.num_workers = num_workers
@@ -249,7 +250,7 @@ class PetDataModule(L.LightningDataModule):
 
     def median_spacing(self) -> list[float] | None:
         """Median voxel spacing in mm of the training volumes as read (before resampling); None before setup."""
-        return getattr(self, "_median_spacing", None)
+        return self._median_spacing
 
     def _subject(self, case: CaseEntry, read_label: bool) -> tio.Subject:
         subject = make_subject(

@@ -47,7 +47,7 @@ def box_components(box: Tensor) -> Tensor:
     Boxes are the 26-connected components of the box mask (overlapping boxes are one); samples with
     fewer boxes get empty masks. Computed on the CPU, without gradient (the mask is data).
     """
-    masks = box.detach().flatten(2)[:, 0].cpu().numpy().reshape(box.shape[0], *box.shape[2:]) > 0
+    masks = box.detach()[:, 0].cpu().numpy() > 0  # (B, D, H, W)
     labelled = [ndimage.label(m, structure=np.ones((3, 3, 3)))[0] for m in masks]
     count = max(1, max(int(labels.max()) for labels in labelled))
     parts = np.stack([np.stack([(labels == k).ravel() for k in range(1, count + 1)]) for labels in labelled])
