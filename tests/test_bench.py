@@ -13,7 +13,7 @@ from wspet.bench import FIELDS, Settings, checks, main, missing_or_not_positive,
 TINY = Settings(
     steps=(((16, 16, 16), 2), ((16, 16, 32), 1)), repeats=1, warmup=1, matmul_size=128,
     volume=(32, 32, 24), window=(16, 16, 16), overlap=(4, 4, 4), prediction_repeats=1,
-    cases=5, phantom_shape=(32, 32, 32), overrides=("model.net.features=[4,8]",),
+    prediction_batch=2, cases=5, phantom_shape=(32, 32, 32), overrides=("model.net.features=[4,8]",),
 )
 
 

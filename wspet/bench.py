@@ -72,6 +72,7 @@ class Settings:
     window: tuple[int, int, int]
     overlap: tuple[int, int, int]
     prediction_repeats: int
+    prediction_batch: int  # windows per forward pass
     cases: int  # phantom volumes written for the run (a fifth validate)
     phantom_shape: tuple[int, int, int]
     overrides: tuple[str, ...] = ()  # Hydra overrides of conf/train.yaml, e.g. model.net.norm=instance
@@ -80,16 +81,18 @@ class Settings:
     clock: str = "wall"
 
 
-# The training shape of conf/data/phantom.yaml and 96^3; the whole-body STS_001 grid.
+PREDICT = OmegaConf.load(CONF / "predict.yaml")
+# The training shape of conf/data/phantom.yaml and 96^3; the whole-body STS_001 grid, predicted as
+# predict.py does by default.
 FULL = Settings(
     steps=(((48, 48, 48), 2), ((96, 96, 96), 1)), repeats=5, warmup=2, matmul_size=4096,
-    volume=(128, 128, 267), window=(96, 96, 64), overlap=(32, 32, 16), prediction_repeats=3,
-    cases=10, phantom_shape=(96, 96, 64),
+    volume=(128, 128, 267), window=tuple(PREDICT.window), overlap=tuple(PREDICT.overlap), prediction_repeats=3,
+    prediction_batch=PREDICT.batch_size, cases=10, phantom_shape=(96, 96, 64),
 )
 QUICK = Settings(
     steps=(((32, 32, 32), 2), ((48, 48, 48), 1)), repeats=3, warmup=1, matmul_size=2048,
     volume=(64, 64, 64), window=(48, 48, 48), overlap=(16, 16, 16), prediction_repeats=1,
-    cases=6, phantom_shape=(64, 64, 48),
+    prediction_batch=2, cases=6, phantom_shape=(64, 64, 48),
 )
 
 
@@ -403,7 +406,8 @@ def _prediction_case(queue, net: dict, loss: dict, precision: str, settings: Set
     before_mb = _memory_mb("VmRSS")  # the interpreter, torch, the model and the volume
 
     def step() -> None:
-        predict_probabilities(model, image, np.eye(4), settings.window, settings.overlap, batch_size=2, precision=precision)
+        predict_probabilities(model, image, np.eye(4), settings.window, settings.overlap,
+                              batch_size=settings.prediction_batch, precision=precision)
 
     seconds = median_seconds(step, settings, torch.device(device), 1, settings.prediction_repeats)
     result = {"seconds": seconds, "peak_rss_mb": _memory_mb(), "rss_before_mb": before_mb}

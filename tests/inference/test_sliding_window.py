@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from wspet.data.format import Volume
 from wspet.inference.sliding_window import (
-    gaussian_importance, predict_probabilities, sliding_window, warn_if_spacing_differs, window_starts,
+    DEFAULT_OVERLAP, DEFAULT_WINDOW, fit_window, gaussian_importance, predict_probabilities, sliding_window, warn_if_spacing_differs, window_starts,
 )
 from wspet.model.module import LesionSegmenter
 
@@ -47,9 +47,22 @@ def test_windows_cover_the_axis_with_at_least_the_overlap(size, window, data):
 
 
 def test_whole_body_geometry():
-    # STS_001 (128 x 128 x 267) with the default 96 x 96 x 64 window and 32 x 32 x 16 overlap
+    # STS_001 (128 x 128 x 267) with the default 128 x 128 x 64 window and 32 x 32 x 16 overlap:
+    # one window across each transverse slice, 6 along the body (24 with 96 x 96 x 64 windows)
+    window, overlap = fit_window(DEFAULT_WINDOW, DEFAULT_OVERLAP, (128, 128, 267), 16)
+    starts = [window_starts(n, w, o) for n, w, o in zip((128, 128, 267), window, overlap)]
+    assert starts == [[0], [0], [0, 41, 81, 122, 162, 203]]
     assert window_starts(128, 96, 32) == [0, 32]
-    assert window_starts(267, 64, 16) == [0, 41, 81, 122, 162, 203]
+
+
+@pytest.mark.parametrize("shape, divisor, fitted, overlap", [
+    ((96, 96, 64), 16, (96, 96, 64), (32, 32, 16)),  # a phantom: as the 96 x 96 x 64 window did
+    ((128, 128, 267), 16, (128, 128, 64), (32, 32, 16)),  # a whole body: the window itself
+    ((40, 20, 300), 16, (48, 32, 64), (32, 31, 16)),  # rounded up to the U-Net's multiple
+    ((5, 5, 5), 2, (6, 6, 6), (5, 5, 5)),
+])
+def test_the_window_is_cut_to_a_smaller_volume(shape, divisor, fitted, overlap):
+    assert fit_window(DEFAULT_WINDOW, DEFAULT_OVERLAP, shape, divisor) == (fitted, overlap)
 
 
 # --------------------------------------------------------------------------- Gaussian blending
@@ -183,6 +196,16 @@ def test_a_volume_the_window_covers_takes_one_forward_pass(monkeypatch):
     image = np.random.default_rng(2).gamma(2.0, 0.5, size=(16, 16, 12)).astype(np.float32)
     probs = predict_probabilities(model, image, np.eye(4), window=(16, 16, 16), overlap=(8, 8, 8), batch_size=8)
     assert sum(calls) == 1 and probs.shape == (16, 16, 12)
+
+
+def test_a_small_volume_is_padded_to_the_unets_multiple_not_to_the_window(monkeypatch):
+    model = tiny_model()  # 2 levels: sizes divisible by 2
+    shapes = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: (shapes.append(tuple(x.shape)), forward(x))[1])
+    image = np.random.default_rng(4).gamma(2.0, 0.5, size=(11, 16, 20)).astype(np.float32)
+    probs = predict_probabilities(model, image, np.eye(4), window=(64, 64, 64), overlap=(16, 16, 16))
+    assert shapes == [(1, 1, 12, 16, 20)] and probs.shape == (11, 16, 20)
 
 
 def test_batches_hold_at_most_batch_size_windows(monkeypatch):

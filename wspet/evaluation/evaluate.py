@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from wspet.data.format import CaseEntry, load_image, load_label
-from wspet.inference.sliding_window import PostProcess, predict_mask
+from wspet.inference.sliding_window import DEFAULT_OVERLAP, DEFAULT_WINDOW, PostProcess, predict_mask
 from wspet.io import atomic_path, save_nifti, write_csv
 from wspet.metrics.summary import METRIC_NAMES, case_metrics
 from wspet.model.module import LesionSegmenter
@@ -25,8 +25,8 @@ def evaluate_cases(
     cases: Sequence[CaseEntry],
     out_dir: str | Path,
     postprocess: PostProcess | None = None,
-    window: Sequence[int] = (96, 96, 64),
-    overlap: Sequence[int] = (32, 32, 16),
+    window: Sequence[int] = DEFAULT_WINDOW,
+    overlap: Sequence[int] = DEFAULT_OVERLAP,
     threshold: float = 0.5,
 ) -> list[dict]:
     """Predict every case, write ``out_dir/predictions/<case>_mask.nii.gz`` and ``test_metrics.csv``.
