@@ -27,6 +27,7 @@ def test_sets_of_different_sizes_get_the_same_number_of_steps(config_on, tiny_da
         summary = training.train(config_on(root, out, budget))
         steps.append(summary["stages"]["dice"]["steps"])
         validations.append(validation_steps(out))
+        assert summary["stages"]["dice"]["steps_per_second"] > 0  # the training rate, for comparing runs
     # 5 training cases make 5 batches an epoch, 10 make 10: the epochs differ, the steps do not.
     assert steps == [7, 7]
     assert validations == [[2, 5], [2, 5]]  # every 3 steps (counted from 0), whatever the epoch

@@ -147,7 +147,8 @@ def run_summary(cfg: DictConfig, stages: list[StageResult]) -> dict:
         "validation": best_validation_metric(cfg, final),
         "stages": {
             s.name: {
-                "checkpoint": str(s.checkpoint), "steps": s.steps, "collapsed": s.collapsed,
+                "checkpoint": str(s.checkpoint), "steps": s.steps, "steps_per_second": s.steps_per_second,
+                "collapsed": s.collapsed,
                 "not_converged": s.not_converged, "test": s.test_summary,
             }
             for s in stages

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import lightning as L
@@ -162,10 +163,15 @@ def fit_stage(
     trainer = build_trainer(cfg, callbacks, loggers, stage_dir)
     if ckpt_path is not None:
         log.info("stage '%s': resuming from %s", name, ckpt_path)
+    start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except SIGTERMException:
         stopped_by_signal(saver, Path(cfg.paths.output_dir))
+    seconds = time.perf_counter() - start
+    rate = trainer.global_step / seconds if ckpt_path is None and trainer.global_step else None
+    log.info("stage '%s': %d steps in %.0f s%s", name, trainer.global_step, seconds,
+             f" ({rate:.2f} steps/s, validation included)" if rate else "")
     best = checkpoint.best_model_path or checkpoint.last_model_path
     if not best:  # fast_dev_run and limit_* runs save nothing; keep the weights they reached
         best = stage_dir / "checkpoints" / LAST
@@ -177,7 +183,8 @@ def fit_stage(
     for problem in problems:
         log.warning("stage '%s' did not converge: %s", name, problem)
     return StageResult(
-        name=name, checkpoint=Path(best), collapsed=guard.collapsed, steps=trainer.global_step, not_converged=problems
+        name=name, checkpoint=Path(best), collapsed=guard.collapsed, steps=trainer.global_step, not_converged=problems,
+        steps_per_second=rate,
     )
 
 

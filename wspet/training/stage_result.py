@@ -26,6 +26,8 @@ class StageResult:
     steps: int = 0  # optimiser steps trained (0: unknown, e.g. a stage reused from the stage cache)
     # Signs that training ended far from convergence (wspet.training.convergence); empty when none were seen.
     not_converged: list[str] = field(default_factory=list)
+    # Optimiser steps per second of trainer.fit's wall time, validation included (None: resumed or reused).
+    steps_per_second: float | None = None
 
     @property
     def test_summary(self) -> dict:
