@@ -137,3 +137,36 @@ def test_volumes_are_prepared_once_and_patches_cut_from_them(tiny_dataset):
             patches += 1
     assert patches == len(train_cases) * dm.samples_per_volume
     assert dm.median_spacing() == [round(float(s), 6) for s in raw[0]["image"].spacing]
+
+
+def test_affine_augmentation_moves_image_and_pseudo_labels_together(tiny_dataset):
+    dm = PetDataModule(tiny_dataset, supervision="pseudo", volume_size=None, patch_size=(16, 16, 16), val_fraction=0.34,
+                       flip_probability=0.0, noise_std=0.0, pseudo_labels={"method": "fraction", "band": 0.0},
+                       affine={"p": 1.0, "scales": (1.3, 1.3), "degrees": (10, 10)})
+    dm.setup()
+    subject = dm.train_subjects[0]
+    augmented = dm.augmentation()(subject)
+    image, pseudo = augmented["image"].data, augmented["pseudo"].data
+    assert not torch.equal(image, subject["image"].data)
+    assert set(torch.unique(pseudo).tolist()) <= {0, 1, 2}  # labels stay labels (nearest neighbour)
+    # scaled by 1.3 in each axis, the lesion grows: the voxels marked lesion grow with it
+    assert (pseudo == 1).sum() > 1.5 * (subject["pseudo"].data == 1).sum()
+    # the hottest voxels are still lesion: image and labels moved together
+    hottest = image >= torch.quantile(image.flatten(), 0.999)
+    assert (pseudo[hottest] == 1).float().mean() > 0.8
+
+
+def test_intensity_scale_multiplies_the_image_only(tiny_dataset):
+    dm = PetDataModule(tiny_dataset, volume_size=None, patch_size=(16, 16, 16), val_fraction=0.34,
+                       flip_probability=0.0, noise_std=0.0, intensity_scale=[1.0, 1.5, 1.5])
+    dm.setup()
+    subject = dm.train_subjects[0]
+    augmented = dm.augmentation()(subject)
+    assert torch.allclose(augmented["image"].data, 1.5 * subject["image"].data)
+    assert torch.equal(augmented["box"].data, subject["box"].data)
+
+
+@pytest.mark.parametrize("value", [[1.5, 0.9, 1.1], [0.5, 1.2, 0.8], [0.5, 0.0, 1.0], [0.5, 1.0]])
+def test_a_bad_intensity_scale_is_refused(tiny_dataset, value):
+    with pytest.raises(ValueError, match="intensity_scale"):
+        PetDataModule(tiny_dataset, intensity_scale=value)

@@ -8,6 +8,8 @@ training time is spent (``check``).
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -77,6 +79,21 @@ def make_subject(
     return tio.Subject(fields)
 
 
+def scale_randomly(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``image`` times one factor drawn uniformly from ``[low, high]`` (MONAI's RandScaleIntensity; TorchIO has none)."""
+    return image * torch.empty((), dtype=image.dtype).uniform_(low, high)
+
+
+def check_intensity_scale(value: Sequence[float] | None) -> tuple[float, float, float] | None:
+    """``(p, low, high)`` as floats, or None; ValueError unless 0 <= p <= 1 and 0 < low <= high."""
+    if not value:
+        return None
+    values = tuple(float(v) for v in value)
+    if len(values) != 3 or not 0 <= values[0] <= 1 or not 0 < values[1] <= values[2]:
+        raise ValueError(f"intensity_scale {list(value)} needs [p, low, high] with 0 <= p <= 1 and 0 < low <= high")
+    return values
+
+
 class PadToAtLeast(tio.SpatialTransform):
     """Pad a subject (evenly on both sides, with each image's minimum) to at least ``shape`` voxels."""
 
@@ -135,6 +152,11 @@ class PetDataModule(L.LightningDataModule):
             generator, as a ``_partial_`` target); ``None`` for real data, which is never generated.
         max_spacing_ratio: :meth:`check` refuses cases whose spacing is off the median by more
             (``None``: no check; not applied with a ``target_spacing``).
+        affine: ``None`` (off) or the arguments of ``tio.RandomAffine`` (``p``, ``scales``,
+            ``degrees``, ...): random scaling and rotation of each training volume, with its boxes and
+            labels (nearest neighbour), before patches are cut.
+        intensity_scale: ``None`` (off) or ``(p, low, high)``: with chance ``p``, the normalised image is
+            multiplied by a factor drawn uniformly from ``[low, high]`` (a scanner's calibration).
     """
 
     def __init__(
@@ -166,6 +188,8 @@ class PetDataModule(L.LightningDataModule):
         seed: int = 0,
         phantom: Callable[[Path], object] | None = None,
         max_spacing_ratio: float | None = 1.2,
+        affine: dict | None = None,
+        intensity_scale: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.preprocessing = Preprocessing(
@@ -201,6 +225,8 @@ class PetDataModule(L.LightningDataModule):
         self._median_spacing: list[float] | None = None  # set by setup()
         self.flip_probability = flip_probability
         self.noise_std = noise_std
+        self.affine = dict(affine) if affine else None
+        self.intensity_scale = check_intensity_scale(intensity_scale)
         self.num_workers = num_workers
         self.seed = seed
         self.phantom = phantom
@@ -275,6 +301,11 @@ class PetDataModule(L.LightningDataModule):
         steps = []
         if self.flip_axes and self.flip_probability > 0:
             steps.append(tio.RandomFlip(axes=self.flip_axes, flip_probability=self.flip_probability))
+        if self.affine:
+            steps.append(tio.RandomAffine(**self.affine))
+        if self.intensity_scale:
+            p, low, high = self.intensity_scale
+            steps.append(tio.Lambda(functools.partial(scale_randomly, low=low, high=high), include=["image"], p=p))
         if self.noise_std > 0:
             steps.append(tio.RandomNoise(std=(0, self.noise_std), include=["image"]))
         return tio.Compose(steps)
