@@ -3,7 +3,7 @@
     python scripts/compare_with_rtstruct.py SERIES_DIR RTSTRUCT.dcm ROI_NAME MASK.nii.gz
 
 Prints the whole-scan Dice, the measurements (wspet.inference.measurements) of the reference contour and of
-the predicted lesions that overlap it, and how many predicted lesions lie elsewhere.
+the predicted lesions that overlap it, and how many predicted lesions lie elsewhere and their volume.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main(series: str, rtstruct: str, roi: str, mask_path: str) -> None:
         for row in lesion_table(region, pet.suv, pet.affine):
             print(f"{name:<24}" + "  ".join(f"{key} {row[key]:.4g}" for key in KEYS))
     elsewhere = lesion_table(mask & ~overlapping, pet.suv, pet.affine)
+    print(f"false positives: {len(elsewhere)} lesions, {sum(r['volume_ml'] for r in elsewhere):.1f} ml")
     for row in sorted(elsewhere, key=lambda r: -r["volume_ml"])[:5]:
         print(f"  elsewhere: {row['volume_ml']:.1f} ml, SUVmax {row['suv_max']:.2f}, centroid z {row['centroid_z_mm']:.0f} mm")
 
