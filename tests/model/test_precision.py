@@ -1,5 +1,8 @@
 """``precision: auto`` resolved from faked hardware: bf16 only where the CPU or GPU computes in bf16."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -128,3 +131,39 @@ def test_the_run_summary_records_the_resolved_precision(flags, expected, train_c
     monkeypatch.setattr(wspet.training.experiment, "best_validation_metric", lambda cfg, stage: {})  # no checkpoint to read
     stage = StageResult(name="dice", checkpoint=tmp_path / "checkpoints" / "best.ckpt", collapsed=False)
     assert wspet.training.experiment.run_summary(train_config(tmp_path), [stage])["precision"] == expected
+
+
+DENORMALS_IN_TWO_THREADS = """
+import sys, torch
+from wspet.model.precision import flush_denormals
+if sys.argv[1] == "flush" and not flush_denormals():
+    print("unsupported"); raise SystemExit
+torch.set_num_threads(2)
+tiny = torch.full((1_000_000,), 1e-40)  # a denormal float32
+print(int(torch.count_nonzero(tiny * 1.0)))  # elementwise over 2 threads
+"""
+
+
+@pytest.mark.parametrize("mode, nonzero", [("flush", 0), ("keep", 1_000_000)])
+def test_denormals_are_flushed_in_every_thread_when_set_first(mode, nonzero):
+    result = subprocess.run([sys.executable, "-c", DENORMALS_IN_TWO_THREADS, mode], capture_output=True, text=True, check=True)
+    if result.stdout.strip() == "unsupported":
+        pytest.skip("this CPU has no flush-to-zero mode")
+    assert int(result.stdout) == nonzero
+
+
+def test_train_and_predict_flush_denormals_first(monkeypatch, tmp_path):
+    import wspet.inference.predict as predicting
+    import wspet.training.experiment as training
+    from omegaconf import OmegaConf
+
+    calls = []
+    for module in (predicting, training):
+        monkeypatch.setattr(module, "flush_denormals", lambda name=module.__name__: calls.append(name))
+    with pytest.raises(FileNotFoundError):  # stops right after: no such checkpoint to resume
+        training.train(OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "ckpt_path": str(tmp_path / "none.ckpt")}))
+    with pytest.raises((ValueError, OSError)):  # no such input
+        predicting.predict(OmegaConf.create({"output": str(tmp_path / "out"), "input": str(tmp_path / "none.nii.gz"),
+                                             "split": "test", "overwrite": False, "lesions_csv": True, "mip_png": True,
+                                             "save_suv": False}))
+    assert calls == [training.__name__, predicting.__name__]
