@@ -174,8 +174,8 @@ def predict_probabilities(
     The volume is prepared as in training (``model.preprocessing``: resampled to the training
     spacing when the model was trained at one, then normalised), predicted by
     :func:`sliding_window` in windows cut to the volume (:func:`fit_window`) on the model's device
-    (CPU or GPU), ``batch_size`` windows per forward pass, and the probabilities resampled back to the volume's own grid. Memory grows
-    with the window and ``batch_size`` (activations) and with the volume (a few float32
+    (CPU or GPU), ``batch_size`` windows per forward pass, and the probabilities resampled back to
+    the volume's own grid. Memory grows with the window and ``batch_size`` (activations) and with the volume (a few float32
     copies), not with the number of windows. ``affine`` (voxel to world, mm) is needed only by
     a model trained at a target spacing; ValueError if it is then missing.
 
