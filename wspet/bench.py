@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wspet.data.datamodule import PetDataModule, split_validation
 from wspet.datasets.phantom import write_phantom_dataset
-from wspet.model.precision import FP32, PrecisionChoice, device_type, flush_denormals, read_cpu_flags, resolve_precision
+from wspet.model.precision import FP32, PrecisionChoice, denormals_flushed, device_type, read_cpu_flags, resolve_precision
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FULL_OVER_BARE_LIMIT = 1.05  # docs/performance.md: Lightning may add at most 5% to the bare step
@@ -399,7 +399,7 @@ def _prediction_case(queue, net: dict, loss: dict, precision: str, settings: Set
     from wspet.inference.sliding_window import predict_probabilities
     from wspet.model.module import LesionSegmenter
 
-    flush_denormals()
+    torch.set_flush_denormal(True)  # a process of its own, as predict.py
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = LesionSegmenter(net=net, loss=loss).to(device)
@@ -615,9 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "wspet"):  # one trainer per figure: no chatter
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
-    flush_denormals()  # as train and predict do
     start = time.perf_counter()
-    result = run(settings, args.threads)
+    with denormals_flushed():  # as train and predict
+        result = run(settings, args.threads)
     result["command"] = " ".join(["python -m wspet.bench", *(argv if argv is not None else sys.argv[1:])])
     result["seconds"] = time.perf_counter() - start
     print(table(result))

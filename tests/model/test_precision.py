@@ -134,13 +134,14 @@ def test_the_run_summary_records_the_resolved_precision(flags, expected, train_c
 
 
 DENORMALS_IN_TWO_THREADS = """
-import sys, torch
-from wspet.model.precision import flush_denormals
-if sys.argv[1] == "flush" and not flush_denormals():
-    print("unsupported"); raise SystemExit
-torch.set_num_threads(2)
-tiny = torch.full((1_000_000,), 1e-40)  # a denormal float32
-print(int(torch.count_nonzero(tiny * 1.0)))  # elementwise over 2 threads
+import contextlib, sys, torch
+from wspet.model.precision import denormals_flushed
+with denormals_flushed() if sys.argv[1] == "flush" else contextlib.nullcontext(True) as supported:
+    if not supported:
+        print("unsupported"); raise SystemExit
+    torch.set_num_threads(2)
+    tiny = torch.full((1_000_000,), 1e-40)  # a denormal float32
+    print(int(torch.count_nonzero(tiny * 1.0)))  # elementwise over 2 threads
 """
 
 
@@ -152,14 +153,35 @@ def test_denormals_are_flushed_in_every_thread_when_set_first(mode, nonzero):
     assert int(result.stdout) == nonzero
 
 
-def test_train_and_predict_flush_denormals_first(monkeypatch, tmp_path):
+def test_denormals_are_flushed_inside_the_block_and_restored_after():
+    from wspet.model.precision import denormals_are_flushed, denormals_flushed
+
+    before = denormals_are_flushed()
+    with denormals_flushed() as supported:
+        if not supported:
+            pytest.skip("this CPU has no flush-to-zero mode")
+        assert float(torch.tensor([1e-40]) * 1.0) == 0.0
+    assert denormals_are_flushed() == before  # Python's and hypothesis's floats need denormals back
+
+
+def test_train_and_predict_run_with_denormals_flushed(monkeypatch, tmp_path):
+    import contextlib
+
     import wspet.inference.predict as predicting
     import wspet.training.experiment as training
     from omegaconf import OmegaConf
 
     calls = []
+
+    def recorder(name):
+        @contextlib.contextmanager
+        def flushed():
+            calls.append(name)
+            yield True
+        return flushed
+
     for module in (predicting, training):
-        monkeypatch.setattr(module, "flush_denormals", lambda name=module.__name__: calls.append(name))
+        monkeypatch.setattr(module, "denormals_flushed", recorder(module.__name__))
     with pytest.raises(FileNotFoundError):  # stops right after: no such checkpoint to resume
         training.train(OmegaConf.create({"paths": {"output_dir": str(tmp_path)}, "ckpt_path": str(tmp_path / "none.ckpt")}))
     with pytest.raises((ValueError, OSError)):  # no such input

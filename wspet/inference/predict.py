@@ -38,7 +38,7 @@ from wspet.inference.sliding_window import predict_mask
 from wspet.io import publish, save_nifti, write_csv
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, format_table, mean_metrics
 from wspet.model.module import LesionSegmenter
-from wspet.model.precision import flush_denormals
+from wspet.model.precision import denormals_flushed
 from wspet.postprocess.box_prompt import restrict_to_boxes
 
 log = logging.getLogger(__name__)
@@ -457,7 +457,11 @@ def predict(cfg: DictConfig) -> list[Path]:
     scored on the final mask (after ``postprocess`` and ``boxes``) with
     :func:`wspet.metrics.case_metrics`; the summary (:func:`metrics_summary`) goes to stdout.
     """
-    flush_denormals()
+    with denormals_flushed():
+        return _predict(cfg)
+
+
+def _predict(cfg: DictConfig) -> list[Path]:
     output = Path(cfg.output)
     jobs = plan_jobs(find_inputs(cfg.input, cfg.split), output, cfg.overwrite,
                      lesions_csv=cfg.lesions_csv, mip_png=cfg.mip_png, save_suv=cfg.save_suv)

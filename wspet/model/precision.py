@@ -10,7 +10,8 @@ resolve it with the same rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,15 +93,28 @@ def resolve_precision(
     return PrecisionChoice(BF16, f"the CPU flags include {', '.join(found)}")
 
 
-def flush_denormals() -> bool:
-    """Make this CPU treat denormal floats (below 1.2e-38) as zero; True where supported (x86, ARM).
+def denormals_are_flushed() -> bool:
+    """Whether this thread's CPU mode flushes denormal floats to zero (a 1-element op: no worker thread runs)."""
+    return bool(torch.tensor([1e-40]).mul(1.0).eq(0).item())
+
+
+@contextmanager
+def denormals_flushed() -> Iterator[bool]:
+    """Within the block, this CPU treats denormal floats (below 1.2e-38) as zero; yields whether supported.
 
     A trained SELU U-Net's float32 activations fall into the denormal range, which CPUs compute
     in microcode: its float32 step at 48^3 took 14.85 s instead of 1.59 s on one thread, and a
     float32 training run slowed from 1 to 0.2 steps per second as it learnt (docs/performance.md).
     float32 is ``auto``'s choice on AVX2-only CPUs, and prediction's there too. A float32 run
-    with it scored the test Dice of a bf16 run (0.761 against 0.762). The setting is per thread and OpenMP's threads copy it when
-    they are created, so call this before torch's first parallel operation: ``train`` and
-    ``predict`` call it first.
+    with it scored the test Dice of a bf16 run (0.761 against 0.762). The mode is per thread and
+    OpenMP's threads copy it when they are created, so enter this before torch's first parallel
+    operation (``train`` and ``predict`` run inside it). On leaving, the calling thread gets its
+    former mode back (Python's own floats, e.g. hypothesis, need denormals); worker threads created
+    inside keep flushing.
     """
-    return torch.set_flush_denormal(True)
+    before = denormals_are_flushed()
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield supported
+    finally:
+        torch.set_flush_denormal(before)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 
 from wspet.metrics.summary import format_table
 from wspet.io import write_text
-from wspet.model.precision import device_type, flush_denormals, resolve_precision
+from wspet.model.precision import denormals_flushed, device_type, resolve_precision
 from wspet.training.callbacks import best_validation
 from wspet.training.checkpointing import launch_rank_is_zero
 from wspet.training.resume import finished_summary, read_stage_record, record_run, resume_mode
@@ -33,7 +33,11 @@ def train(cfg: DictConfig) -> dict:
     ``last.ckpt`` and never retrains a finished stage; a file resumes the last stage from it.
     Under DDP only global rank 0 writes run-folder files and evaluates.
     """
-    flush_denormals()
+    with denormals_flushed():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     rank_zero = launch_rank_is_zero()
     resume = resume_mode(cfg, out_dir)
