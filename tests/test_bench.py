@@ -11,7 +11,7 @@ from wspet.bench import FIELDS, Settings, checks, main, missing_or_not_positive,
 
 # A two-level U-Net of 4 and 8 features on 16^3 patches: every code path of the bench in seconds.
 TINY = Settings(
-    steps=(((16, 16, 16), 2), ((16, 16, 32), 1)), repeats=1, warmup=1, matmul_size=128,
+    steps=(((16, 16, 16), 2), ((16, 16, 32), 1)), repeats=1, rounds=2, warmup=1, matmul_size=128,
     volume=(32, 32, 24), window=(16, 16, 16), overlap=(4, 4, 4), prediction_repeats=1,
     prediction_batch=2, cases=5, phantom_shape=(32, 32, 32), overrides=("model.net.features=[4,8]",),
 )
@@ -24,6 +24,9 @@ def test_a_tiny_run_has_every_field_positive():
     assert set(result["losses"]) >= {"dice", "fs", "mdice", "mdice_ms"}  # every conf/loss file
     assert all(isinstance(ok, bool) for ok in result["checks"].values())
     assert "full step / bare step <= 1.05" in table(result)
+    for case in result["steps"]:
+        low, high = case["fp32"]["full_over_bare_range"]
+        assert low <= case["fp32"]["full_over_bare"] <= high  # the median of two rounds lies between them
 
 
 def test_missing_and_non_positive_fields_are_named():

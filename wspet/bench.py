@@ -13,7 +13,8 @@ One run measures, on the machine it runs on (docs/performance.md):
 - whole-body sliding-window prediction: time and peak memory, in float32 and ``auto``;
 - the CPU's ISA flags, torch's CPU capability and version.
 
-Every time is the median of ``repeats`` runs after ``warmup`` runs. Ratios compare figures of one
+Every time is the median of ``repeats`` runs after ``warmup`` runs; the bare and full steps
+alternate in ``rounds`` rounds, and their ratio is the median of the rounds' ratios. Ratios compare figures of one
 run only: the machines are shared, so absolute seconds vary from run to run. The model, loss,
 optimiser and trainer are those of ``conf/train.yaml``, built by ``wspet.training.experiment``; the data is a
 small phantom set written to a temporary folder.
@@ -66,6 +67,9 @@ class Settings:
 
     steps: tuple[tuple[tuple[int, int, int], int], ...]
     repeats: int
+    # Bare and full steps are timed in this many alternating rounds, and their ratio is the median of
+    # the rounds' ratios: load that changes during a case then moves both figures of one round alike.
+    rounds: int
     warmup: int
     matmul_size: int
     volume: tuple[int, int, int]
@@ -85,12 +89,12 @@ PREDICT = OmegaConf.load(CONF / "predict.yaml")
 # The training shape of conf/data/phantom.yaml and 96^3; the whole-body STS_001 grid, predicted as
 # predict.py does by default.
 FULL = Settings(
-    steps=(((48, 48, 48), 2), ((96, 96, 96), 1)), repeats=5, warmup=2, matmul_size=4096,
+    steps=(((48, 48, 48), 2), ((96, 96, 96), 1)), repeats=5, rounds=3, warmup=2, matmul_size=4096,
     volume=(128, 128, 267), window=tuple(PREDICT.window), overlap=tuple(PREDICT.overlap), prediction_repeats=3,
     prediction_batch=PREDICT.batch_size, cases=10, phantom_shape=(96, 96, 64),
 )
 QUICK = Settings(
-    steps=(((32, 32, 32), 2), ((48, 48, 48), 1)), repeats=3, warmup=1, matmul_size=2048,
+    steps=(((32, 32, 32), 2), ((48, 48, 48), 1)), repeats=3, rounds=1, warmup=1, matmul_size=2048,
     volume=(64, 64, 64), window=(48, 48, 48), overlap=(16, 16, 16), prediction_repeats=1,
     prediction_batch=2, cases=6, phantom_shape=(64, 64, 48),
 )
@@ -252,9 +256,31 @@ def lightning_run(cfg: DictConfig, datamodule: PetDataModule, settings: Settings
     return clock
 
 
-def full_step_seconds(clock: StepClock, warmup: int) -> float:
-    """Median time between the ends of consecutive training batches, after ``warmup`` of them."""
-    return statistics.median(np.diff(clock.batch_ends)[warmup:].tolist())
+def full_step_samples(clock: StepClock, warmup: int) -> list[float]:
+    """Times between the ends of consecutive training batches, after ``warmup`` of them."""
+    return np.diff(clock.batch_ends)[warmup:].tolist()
+
+
+def bare_and_full(cfg: DictConfig, settings: Settings, device: torch.device) -> dict:
+    """Median bare and full step of ``cfg`` and their ratio, timed in ``settings.rounds`` alternating rounds.
+
+    ``full_over_bare`` is the median of the rounds' ratios, ``full_over_bare_range`` their smallest
+    and largest: a shared machine's load moves both figures of one round alike.
+    """
+    datamodule = data_module(cfg)
+    image, target = first_batch(datamodule, cfg.loss.supervision, device)
+    step = bare_step(cfg, image, target)
+    bare, full, ratios = [], [], []
+    for round_ in range(settings.rounds):
+        bare_round = sample_seconds(step, settings, device, settings.warmup if round_ == 0 else 0)
+        full_round = full_step_samples(lightning_run(cfg, datamodule, settings, device, validate=False), settings.warmup)
+        ratios.append(statistics.median(full_round) / statistics.median(bare_round))
+        bare += bare_round
+        full += full_round
+    return {
+        "bare_s": statistics.median(bare), "full_s": statistics.median(full),
+        "full_over_bare": statistics.median(ratios), "full_over_bare_range": [min(ratios), max(ratios)],
+    }
 
 
 def step_case(root: Path, size: tuple, batch: int, settings: Settings, device: torch.device, auto: PrecisionChoice) -> dict:
@@ -263,16 +289,8 @@ def step_case(root: Path, size: tuple, batch: int, settings: Settings, device: t
     precisions = {"fp32": FP32} if auto.precision == FP32 else {"fp32": FP32, "auto": "auto"}
     for name, precision in precisions.items():
         cfg = bench_config(root, size, batch, settings, precision)
-        datamodule = data_module(cfg)
-        image, target = first_batch(datamodule, cfg.loss.supervision, device)
-        # The bare step is timed before and after the Lightning run, so that a change in the load of a
-        # shared machine during the case biases neither figure of the ratio.
-        step = bare_step(cfg, image, target)
-        half = -(-settings.repeats // 2)
-        before = sample_seconds(step, settings, device, repeats=half)
-        full = full_step_seconds(lightning_run(cfg, datamodule, settings, device, validate=False), settings.warmup)
-        bare = statistics.median(before + sample_seconds(step, settings, device, 0, half))
-        case[name] = {"bare_s": bare, "full_s": full, "full_over_bare": full / bare}
+        case[name] = bare_and_full(cfg, settings, device)
+    image, target = first_batch(data_module(cfg), cfg.loss.supervision, device)
     case.setdefault("auto", case["fp32"])
     case["auto_speedup"] = case["fp32"]["bare_s"] / case["auto"]["bare_s"]
     step = bare_step(bench_config(root, size, batch, settings, "auto"), image, target, layout=False)
@@ -523,6 +541,7 @@ FIELDS = (
     "machine.torch", "machine.cpu_capability", "machine.isa_flags", "machine.threads", "machine.auto_precision",
     "steps.*.fp32.bare_s", "steps.*.fp32.full_s", "steps.*.fp32.full_over_bare",
     "steps.*.auto.bare_s", "steps.*.auto.full_s", "steps.*.auto.full_over_bare",
+    "steps.*.fp32.full_over_bare_range.*", "steps.*.auto.full_over_bare_range.*",
     "steps.*.auto_speedup", "steps.*.auto_default_layout_bare_s", "steps.*.layout_speedup",
     "throughput.step_gflop", "throughput.*.step_gflop_per_s", "throughput.*.matmul_gflop_per_s",
     "throughput.*.fraction_of_matmul",
@@ -575,6 +594,10 @@ def table(result: dict) -> str:
         lines.append(f"{'x'.join(map(str, case['size'])) + ' b' + str(case['batch']):<16}{fp32['bare_s']:>9.3f}s{fp32['full_s']:>9.3f}s"
                      f"{fp32['full_over_bare']:>7.2f}{auto['bare_s']:>9.3f}s{auto['full_s']:>9.3f}s{auto['full_over_bare']:>7.2f}"
                      f"{case['auto_speedup']:>9.2f}x{case['layout_speedup']:>8.2f}x")
+    spans = ", ".join(f"{'x'.join(map(str, case['size']))} {name} {low:.2f}-{high:.2f}"
+                      for case in result["steps"] for name in ("fp32", "auto")
+                      for low, high in [case[name]["full_over_bare_range"]])
+    lines.append(f"full/bare, smallest to largest of the rounds: {spans}")
     flops = result["throughput"]
     for name in ("fp32", "auto"):
         lines.append(f"{name} step {flops[name]['step_gflop_per_s']:.0f} GFLOP/s = {flops[name]['fraction_of_matmul']:.0%} of a "
