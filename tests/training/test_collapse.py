@@ -10,10 +10,10 @@ import wspet.training.stage as stage
 from wspet.training.collapse import CollapseGuard, TrainingCollapsedError
 
 
-def fake_trainer(step, empty_fraction):
+def fake_trainer(step, empty_fraction, full_fraction=0.0):
     return SimpleNamespace(
         sanity_checking=False, global_step=step, should_stop=False,
-        callback_metrics={"val/empty_fraction": torch.tensor(empty_fraction)},
+        callback_metrics={"val/empty_fraction": torch.tensor(empty_fraction), "val/full_fraction": torch.tensor(full_fraction)},
     )
 
 
@@ -26,7 +26,24 @@ def test_guard_waits_for_warmup_and_patience():
         guard.on_validation_end(trainer, None)
         stopped.append(trainer.should_stop)
     assert stopped == [False, False, False, False, True]  # step 50 is warm-up; 150 breaks the run of empties
-    assert guard.collapsed and guard.state_dict() == {"empty_validations": 2, "collapsed": True}
+    assert guard.collapsed and guard.state_dict() == {"collapsed_validations": 2, "collapsed": True}
+
+
+def test_guard_stops_a_run_predicting_lesion_everywhere(caplog):
+    guard = CollapseGuard(warmup_steps=0, patience=2, on_collapse="stop")
+    stopped = []
+    for empty, full in [(0.0, 0.5), (0.0, 1.0), (0.0, 1.0)]:  # half the volumes full is not yet a collapse
+        trainer = fake_trainer(300, empty, full)
+        guard.on_validation_end(trainer, None)
+        stopped.append(trainer.should_stop)
+    assert stopped == [False, False, True]
+    assert "predicted lesion in most of their voxels" in caplog.text
+
+
+def test_guard_state_from_an_older_checkpoint_is_read():
+    guard = CollapseGuard()
+    guard.load_state_dict({"empty_validations": 1, "collapsed": False})
+    assert guard.collapsed_validations == 1 and guard.collapsed is False
 
 
 def test_guard_can_raise_or_ignore():
@@ -57,3 +74,25 @@ def test_a_collapsed_run_is_stopped_and_marked(train_config, tmp_path, monkeypat
     assert summary["test"]["n_pred_empty"] == 2
     epochs = {line.split(",")[0] for line in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[1:]}
     assert epochs - {""} == {"0", "1"}  # stopped after two empty validations, not four ("" holds the test metrics)
+
+
+def test_a_run_saturated_at_lesion_is_stopped_and_marked(train_config, tmp_path, monkeypatch):
+    original = stage.build_model
+
+    def saturated_model(cfg, init_from, data):
+        model = original(cfg, init_from, data)
+        torch.nn.init.constant_(model.net.head.bias, 50.0)  # the sigmoid saturates at 1 everywhere
+        return model
+
+    monkeypatch.setattr(stage, "build_model", saturated_model)
+    overrides = [
+        "loss=fs", "trainer.max_epochs=4", "trainer.limit_train_batches=1", "model.optimizer.lr=0.0",
+        "callbacks.collapse_guard.warmup_steps=0", "callbacks.collapse_guard.patience=2",
+    ]
+    summary = training.train(train_config(tmp_path, overrides))
+    assert summary["collapsed"] is True
+    assert summary["test"]["pred_empty"] == 0.0 and summary["test"]["dice"] < 0.1
+    log = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    header = log[0].split(",")
+    full = [float(row.split(",")[header.index("val/full_fraction")]) for row in log[1:] if row.split(",")[header.index("val/full_fraction")]]
+    assert full == [1.0, 1.0]  # two validations with every volume full, then stopped

@@ -18,6 +18,10 @@ from wspet.model.checkpoint import check_target, load_checkpoint, loss_classes
 from wspet.model.lr_schedule import lr_schedule
 from wspet.model.unet3d import UNet3D
 
+# A validation volume predicted lesion in more than this share of its voxels counts as "full"
+# (val/full_fraction): the all-foreground collapse the collapse guard watches for.
+FULL_SHARE = 0.5
+
 ARGUMENTS = (
     "net", "loss", "supervision", "optimizer", "channels_last", "preprocessing", "training_spacing", "scheduler",
 )
@@ -79,6 +83,7 @@ class LesionSegmenter(L.LightningModule):
         self.val_dice = MeanMetric()
         self.val_loss = MeanMetric()
         self.val_empty = MeanMetric()
+        self.val_full = MeanMetric()
         self.val_box_agreement = MeanMetric()
         if init_from:
             self.load_network(init_from)
@@ -121,6 +126,8 @@ class LesionSegmenter(L.LightningModule):
         self.val_loss.update(terms["loss"].detach())
         prediction = probs.detach() > 0.5
         self.val_empty.update((~prediction.any()).float())
+        # No lesion fills most of a scan: more than half of it predicted lesion is the other collapse.
+        self.val_full.update((prediction.float().mean() > FULL_SHARE).float())
         # How much the prediction is still the box: a weak model that learnt nothing else stays near 1.
         self.val_box_agreement.update(hard_dice(prediction, batch["box"][tio.DATA] > 0))
         if "label" in batch:
@@ -130,6 +137,7 @@ class LesionSegmenter(L.LightningModule):
         # MeanMetric reduces across processes, so under DDP every rank logs the same value.
         self.log("val/loss", self.val_loss.compute(), prog_bar=True)
         self.log("val/empty_fraction", self.val_empty.compute())
+        self.log("val/full_fraction", self.val_full.compute())
         self.log("val/box_agreement", self.val_box_agreement.compute())
         # Decided across ranks: a rank alone skipping the collective compute would hang DDP.
         labelled = self.trainer.strategy.reduce(
@@ -137,7 +145,7 @@ class LesionSegmenter(L.LightningModule):
         )
         if labelled > 0:
             self.log("val/dice", self.val_dice.compute(), prog_bar=True)
-        for metric in (self.val_loss, self.val_dice, self.val_empty, self.val_box_agreement):
+        for metric in (self.val_loss, self.val_dice, self.val_empty, self.val_full, self.val_box_agreement):
             metric.reset()
 
     @classmethod
