@@ -46,6 +46,16 @@ def test_pretraining_rule(train_config, tmp_path):
     assert rule("loss=dice", "pretrain.enabled=true")
 
 
+def test_each_stage_trains_at_its_loss_learning_rate(train_config, tmp_path):
+    summary = train(train_config(tmp_path, ["loss=mdice", "loss.learning_rate=2e-4", "pretrain.loss.learning_rate=5e-5", *FAST]))
+    rates = {name: torch.load(stage["checkpoint"], weights_only=True)["hyper_parameters"]["optimizer"]["lr"]
+             for name, stage in summary["stages"].items()}
+    assert rates == {"pretrain_dice": 5e-5, "mdice": 2e-4}
+    assert train_config(tmp_path, ["loss=pseudo"]).model.optimizer.lr == 3e-4  # the measured defaults
+    assert train_config(tmp_path, ["loss=mdice_ms"]).model.optimizer.lr == 1e-4
+    assert train_config(tmp_path, ["loss=pseudo", "model.optimizer.lr=1e-3"]).model.optimizer.lr == 1e-3
+
+
 def test_weak_training_reads_no_training_label(train_config, tmp_path, monkeypatch):
     read = []
     original = dataset_format.load_label
