@@ -56,43 +56,38 @@ def test_guard_can_raise_or_ignore():
         CollapseGuard(on_collapse="sometimes")
 
 
-def test_a_collapsed_run_is_stopped_and_marked(train_config, tmp_path, monkeypatch):
+def train_saturated(train_config, tmp_path, monkeypatch, bias: float, loss: str) -> dict:
+    """``train`` for up to 4 epochs of one frozen step, the sigmoid saturated by the head's ``bias``."""
     original = stage.build_model
 
     def saturated_model(cfg, init_from, data):
         model = original(cfg, init_from, data)
-        torch.nn.init.constant_(model.net.head.bias, -50.0)  # the sigmoid saturates at 0 everywhere
+        torch.nn.init.constant_(model.net.head.bias, bias)
         return model
 
     monkeypatch.setattr(stage, "build_model", saturated_model)
     overrides = [
-        "loss=dice", "trainer.max_epochs=4", "trainer.limit_train_batches=1", "model.optimizer.lr=0.0",
+        f"loss={loss}", "trainer.max_epochs=4", "trainer.limit_train_batches=1", "model.optimizer.lr=0.0",
         "callbacks.collapse_guard.warmup_steps=0", "callbacks.collapse_guard.patience=2",
     ]
-    summary = training.train(train_config(tmp_path, overrides))
+    return training.train(train_config(tmp_path, overrides))
+
+
+def logged(tmp_path, name: str) -> list[float]:
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    column = rows[0].split(",").index(name)
+    return [float(value) for row in rows[1:] if (value := row.split(",")[column])]
+
+
+def test_a_collapsed_run_is_stopped_and_marked(train_config, tmp_path, monkeypatch):
+    summary = train_saturated(train_config, tmp_path, monkeypatch, -50.0, "dice")  # background everywhere
     assert summary["collapsed"] is True
     assert summary["test"]["n_pred_empty"] == 2
-    epochs = {line.split(",")[0] for line in (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[1:]}
-    assert epochs - {""} == {"0", "1"}  # stopped after two empty validations, not four ("" holds the test metrics)
+    assert logged(tmp_path, "val/empty_fraction") == [1.0, 1.0]  # stopped after two empty validations, not four
 
 
 def test_a_run_saturated_at_lesion_is_stopped_and_marked(train_config, tmp_path, monkeypatch):
-    original = stage.build_model
-
-    def saturated_model(cfg, init_from, data):
-        model = original(cfg, init_from, data)
-        torch.nn.init.constant_(model.net.head.bias, 50.0)  # the sigmoid saturates at 1 everywhere
-        return model
-
-    monkeypatch.setattr(stage, "build_model", saturated_model)
-    overrides = [
-        "loss=fs", "trainer.max_epochs=4", "trainer.limit_train_batches=1", "model.optimizer.lr=0.0",
-        "callbacks.collapse_guard.warmup_steps=0", "callbacks.collapse_guard.patience=2",
-    ]
-    summary = training.train(train_config(tmp_path, overrides))
+    summary = train_saturated(train_config, tmp_path, monkeypatch, 50.0, "fs")  # lesion everywhere
     assert summary["collapsed"] is True
     assert summary["test"]["pred_empty"] == 0.0 and summary["test"]["dice"] < 0.1
-    log = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
-    header = log[0].split(",")
-    full = [float(row.split(",")[header.index("val/full_fraction")]) for row in log[1:] if row.split(",")[header.index("val/full_fraction")]]
-    assert full == [1.0, 1.0]  # two validations with every volume full, then stopped
+    assert logged(tmp_path, "val/full_fraction") == [1.0, 1.0]
