@@ -134,7 +134,8 @@ CONFIGS = {
 def test_loss_config_instantiates_with_paper_defaults(name):
     supervision, cls, hyper = CONFIGS[name]
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
-    assert set(cfg) == {"name", "supervision", "module"}
+    assert set(cfg) == {"name", "supervision", "learning_rate", "module"}
+    assert cfg.learning_rate == 1e-4  # the paper's Dice-only losses saturated the U-Net at 3e-4
     assert cfg.name == name and cfg.supervision == supervision
     assert cfg.module._target_ == f"wspet.losses.{cls}"
     assert {k: v for k, v in cfg.module.items() if k != "_target_"} == hyper
