@@ -261,13 +261,12 @@ def full_step_samples(clock: StepClock, warmup: int) -> list[float]:
     return np.diff(clock.batch_ends)[warmup:].tolist()
 
 
-def bare_and_full(cfg: DictConfig, settings: Settings, device: torch.device) -> dict:
+def bare_and_full(cfg: DictConfig, datamodule: PetDataModule, settings: Settings, device: torch.device) -> dict:
     """Median bare and full step of ``cfg`` and their ratio, timed in ``settings.rounds`` alternating rounds.
 
     ``full_over_bare`` is the median of the rounds' ratios, ``full_over_bare_range`` their smallest
     and largest: a shared machine's load moves both figures of one round alike.
     """
-    datamodule = data_module(cfg)
     image, target = first_batch(datamodule, cfg.loss.supervision, device)
     step = bare_step(cfg, image, target)
     bare, full, ratios = [], [], []
@@ -287,13 +286,14 @@ def step_case(root: Path, size: tuple, batch: int, settings: Settings, device: t
     """Bare and full steps of one patch size in float32 and in ``auto``, and ``auto`` without the model's layout switch."""
     case = {"size": list(size), "batch": batch}
     precisions = {"fp32": FP32} if auto.precision == FP32 else {"fp32": FP32, "auto": "auto"}
+    datamodule = data_module(bench_config(root, size, batch, settings))  # the precision does not change the data
     for name, precision in precisions.items():
-        cfg = bench_config(root, size, batch, settings, precision)
-        case[name] = bare_and_full(cfg, settings, device)
-    image, target = first_batch(data_module(cfg), cfg.loss.supervision, device)
+        case[name] = bare_and_full(bench_config(root, size, batch, settings, precision), datamodule, settings, device)
+    cfg = bench_config(root, size, batch, settings, "auto")
+    image, target = first_batch(datamodule, cfg.loss.supervision, device)
     case.setdefault("auto", case["fp32"])
     case["auto_speedup"] = case["fp32"]["bare_s"] / case["auto"]["bare_s"]
-    step = bare_step(bench_config(root, size, batch, settings, "auto"), image, target, layout=False)
+    step = bare_step(cfg, image, target, layout=False)
     case["auto_default_layout_bare_s"] = median_seconds(step, settings, device)
     case["layout_speedup"] = case["auto_default_layout_bare_s"] / case["auto"]["bare_s"]
     return case
