@@ -395,3 +395,20 @@ def test_figure_slice_prefers_both_masks_and_the_middle_of_ties():
     pred[7:13, 7:13, 7:13] = True  # same count in slices 7..12; truth adds to 8..11
     assert largest_slice(pred, truth, 1) == 10
     assert largest_slice(np.zeros(SHAPE, bool), np.zeros(SHAPE, bool), 0) == SHAPE[0] // 2
+
+
+def test_box_prompted_rows_segment_a_box_the_model_left_empty_at_41_percent(tmp_path):
+    from wspet.evaluation.reference_rows import box_threshold_prediction
+    from wspet.evaluation.report import box_prompted_results
+
+    data_root = make_dataset(tmp_path / "DATA")
+    cases = _cases()
+    empty = np.zeros(SHAPE, dtype=np.uint8)
+    run = make_run(tmp_path / "SWEEP" / "0", "dice", 0, data_root,
+                   {"case_a": cases["case_a"][1], "case_b": empty})  # case_b's lesion missed
+    rows = {r["case"]: r for r in box_prompted_results(collect_runs(run.parent), data_root, "dice")}
+    assert rows["case_a"]["dice"] == pytest.approx(1.0)  # the model's own answer, kept
+    image_b, label_b = cases["case_b"]
+    fallback = box_threshold_prediction(image_b, label_b)  # one lesion: its box at 41%
+    assert rows["case_b"]["dice"] == pytest.approx(dice_score(fallback, label_b))
+    assert rows["case_b"]["dice"] > 0.5

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wspet.postprocess import restrict_to_boxes
+from wspet.postprocess import fill_empty_boxes, restrict_to_boxes
 
 
 @given(seed=st.integers(0, 10_000))
@@ -28,3 +28,43 @@ def test_no_box_gives_an_empty_mask_and_a_box_outside_is_refused():
     assert not restrict_to_boxes(mask, []).any()
     with pytest.raises(ValueError, match=r"outside the volume of shape \(4, 4, 4\)"):
         restrict_to_boxes(mask, [[0, 0, 0, 5, 2, 2]])
+
+
+def _two_lesion_scan():
+    """A 20^3 scan with two hot cubes (SUV 10 and 6) on a background of 1, and a box around each."""
+    image = np.ones((20, 20, 20), np.float32)
+    image[3:6, 3:6, 3:6] = 10.0
+    image[12:16, 12:16, 12:16] = 6.0
+    return image, [[2, 2, 2, 8, 8, 8], [10, 10, 10, 18, 18, 18]]
+
+
+def test_a_box_the_model_left_empty_is_segmented_at_41_percent_of_its_maximum():
+    image, boxes = _two_lesion_scan()
+    mask = np.zeros(image.shape, bool)
+    mask[3:5, 3:5, 3:5] = True    # the model found part of the first lesion only
+    mask[0, 0, 0] = True          # and something outside every box
+    before = mask.copy()
+    kept, filled = fill_empty_boxes(mask, image, boxes)
+    assert filled == [1]
+    assert np.array_equal(kept[2:8, 2:8, 2:8], before[2:8, 2:8, 2:8])  # the model's answer is kept
+    assert kept[12:16, 12:16, 12:16].all()  # the 6-SUV cube, all of it above 41% of 6
+    assert kept.sum() == 8 + 64  # and nothing else: not the background, not outside the boxes
+    assert np.array_equal(mask, before)  # the input is not modified
+
+
+def test_fallback_none_only_restricts_and_an_unknown_fallback_is_refused():
+    image, boxes = _two_lesion_scan()
+    mask = np.zeros(image.shape, bool)
+    kept, filled = fill_empty_boxes(mask, image, boxes, method="none")
+    assert filled == [] and not kept.any()
+    with pytest.raises(ValueError, match="box fallback 'largest' is not one of"):
+        fill_empty_boxes(mask, image, boxes, method="largest")
+    with pytest.raises(ValueError, match=r"image shape \(20, 20, 19\) != mask shape"):
+        fill_empty_boxes(mask, image[:, :, :19], boxes)
+
+
+def test_a_box_overlapping_a_filled_box_is_judged_on_the_model_alone():
+    image, _ = _two_lesion_scan()
+    boxes = [[10, 10, 10, 18, 18, 18], [14, 14, 14, 19, 19, 19]]  # both hold part of the 6-SUV cube
+    kept, filled = fill_empty_boxes(np.zeros(image.shape, bool), image, boxes)
+    assert filled == [0, 1]

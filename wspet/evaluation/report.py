@@ -36,7 +36,7 @@ from wspet.evaluation.comparisons import paired_markdown, per_seed_markdown
 from wspet.evaluation.overlays import draw_case
 from wspet.io import atomic_path, write_text
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, mean_std
-from wspet.postprocess.box_prompt import restrict_to_boxes
+from wspet.postprocess.box_prompt import fill_empty_boxes
 from wspet.evaluation.reference_rows import REFERENCE_ROWS, tight_boxes
 
 RESULT_COLUMNS = ("experiment", "seed", "case") + METRIC_NAMES
@@ -229,15 +229,16 @@ def box_prompted_results(runs: Sequence[RunRecord], data_root: str | os.PathLike
     """Per-case metrics of ``experiment``'s predictions kept inside the tight boxes of the test labels.
 
     The model used as a clinician would use it, with a box drawn around each lesion at test time;
-    the boxes are the reference rows' own, so the three rows get the same help. One row per
-    (seed, case), named :data:`BOX_PROMPTED`.
+    the boxes are the reference rows' own, so the three rows get the same help. As ``predict.py
+    boxes=FILE`` does by default, a box the model left empty is segmented at 41% of its SUVmax
+    (:func:`fill_empty_boxes`). One row per (seed, case), named :data:`BOX_PROMPTED`.
     """
     rows = []
     for case in read_test_cases(data_root):
         image, label = _load_case(case)
         boxes = tight_boxes(label)
         for run in (r for r in runs if r.experiment == experiment):
-            prediction = restrict_to_boxes(_load_mask(run.prediction_path(case.name), label.shape), boxes)
+            prediction, _ = fill_empty_boxes(_load_mask(run.prediction_path(case.name), label.shape), image.array, boxes)
             rows.append({"experiment": BOX_PROMPTED, "seed": run.seed, "case": case.name} | case_metrics(prediction, label, image.spacing))
     return rows
 
@@ -553,7 +554,8 @@ def write_report(
     rows = results_table(runs, box_prompted_results(runs, data_root, prompted) + reference_results(data_root))
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
     note = (f"\n† `{BOX_PROMPTED}`: the best weak experiment, `{prompted}`, with its predictions kept inside the"
-            " reference rows' tight test boxes (`predict.py boxes=FILE`): the semi-automatic use.\n")
+            " reference rows' tight test boxes, and a box it left empty segmented at 41% of its SUVmax"
+            " (`predict.py boxes=FILE`, `box_fallback=fraction`): the semi-automatic use.\n")
     learned = [name for name in experiments_in_order(rows) if name not in REFERENCE_ROWS]
     comparisons = (
         "\n## Paired differences\n\nDice, over the (test case, seed) results both rows have (a reference row"

@@ -39,7 +39,7 @@ from wspet.io import publish, save_nifti, write_csv
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, format_table, mean_metrics
 from wspet.model.module import LesionSegmenter
 from wspet.model.precision import denormals_flushed
-from wspet.postprocess.box_prompt import restrict_to_boxes
+from wspet.postprocess.box_prompt import DEFAULT_FALLBACK, FALLBACKS, fill_empty_boxes
 
 log = logging.getLogger(__name__)
 
@@ -440,12 +440,26 @@ def box_prompts(path: str | None, jobs: list[PredictionJob]) -> dict[str, list[B
     return prompts
 
 
-def prompted_mask(mask: np.ndarray, boxes: list[Box], job: PredictionJob, source: str) -> np.ndarray:
-    """``mask`` kept inside ``boxes``; a box outside the scan is refused naming the box file, case and box."""
+def prompted_mask(mask: np.ndarray, image: Volume, boxes: list[Box], job: PredictionJob, source: str,
+                  fallback: str = DEFAULT_FALLBACK) -> np.ndarray:
+    """``mask`` kept inside ``boxes``, a box the model left empty segmented by ``fallback``
+    (:func:`wspet.postprocess.box_prompt.fill_empty_boxes`), each such box logged as a warning; a box
+    outside the scan is refused naming the box file, case and box."""
     try:
-        return restrict_to_boxes(mask, boxes)
+        kept, filled = fill_empty_boxes(mask, image.array, boxes, fallback)
     except ValueError as error:
         raise ValueError(f"{source}: case {job.name!r} ({job.image}): {error}") from None
+    for index in filled:
+        log.warning("%s: the model found no lesion in box %s of %s; segmented it by box_fallback=%s instead",
+                    job.name, list(boxes[index]), source, fallback)
+    return kept
+
+
+def check_box_fallback(fallback: str) -> str:
+    """``fallback`` if it is a method of :data:`FALLBACKS`; ValueError naming the value otherwise."""
+    if fallback not in FALLBACKS:
+        raise ValueError(f"box_fallback={fallback!r} is not one of {list(FALLBACKS)}")
+    return fallback
 
 
 def predict(cfg: DictConfig) -> list[Path]:
@@ -476,6 +490,7 @@ def _predict(cfg: DictConfig) -> list[Path]:
             log.warning(warning)
         report.raise_if_problems()
     prompts = box_prompts(cfg.get("boxes"), jobs)
+    fallback = check_box_fallback(cfg.get("box_fallback", DEFAULT_FALLBACK))
     model = load_model(cfg.ckpt, choose_device(cfg.device))
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
     progress = bool(cfg.get("progress", True))
@@ -489,7 +504,7 @@ def _predict(cfg: DictConfig) -> list[Path]:
         mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size,
                             progress=progress)
         if prompts is not None:
-            mask = prompted_mask(mask, prompts[job.name], job, cfg.boxes)
+            mask = prompted_mask(mask, image, prompts[job.name], job, cfg.boxes, fallback)
         written += write_outputs(job, image, mask, overwrite=cfg.overwrite, output_format=output_format)
         log.info("%s: %d lesion voxels -> %s", job.name, int(mask.sum()), job.output)
         if label is not None:

@@ -3,6 +3,10 @@
 This is the semi-automatic use a clinician makes of the tool: draw a box around each lesion of
 interest, and let the model delineate inside it. Everything the model predicts outside the boxes
 (normal uptake of other organs, other lesions not asked about) is dropped.
+
+A prompt box says that a lesion is there. Where the model predicts nothing at all inside one, an
+empty answer is certainly wrong, so :func:`fill_empty_boxes` segments that box with a classical
+method instead (by default the clinical 41% of the box's SUVmax), and says which boxes it filled.
 """
 
 from __future__ import annotations
@@ -13,7 +17,12 @@ from typing import Any
 import numpy as np
 
 from wspet.data.boxes import boxes_to_mask
+from wspet.data.pseudo_labels import METHODS, box_lesion
 from wspet.metrics import as_mask
+
+# How a prompt box that the model left empty is segmented: a method of wspet.data.pseudo_labels.
+DEFAULT_FALLBACK = "fraction"
+FALLBACKS = (*METHODS, "none")
 
 
 def restrict_to_boxes(mask: Any, boxes: Sequence[Sequence[int]]) -> np.ndarray:
@@ -27,3 +36,32 @@ def restrict_to_boxes(mask: Any, boxes: Sequence[Sequence[int]]) -> np.ndarray:
     if m.ndim != 3:
         raise ValueError(f"mask: expected a 3-D (i, j, k) array, got shape {m.shape}")
     return m & boxes_to_mask(boxes, m.shape).astype(bool)
+
+
+def fill_empty_boxes(
+    mask: Any, image: Any, boxes: Sequence[Sequence[int]], method: str = DEFAULT_FALLBACK, fraction: float = 0.41
+) -> tuple[np.ndarray, list[int]]:
+    """``mask`` (I, J, K) kept inside ``boxes``, each box the model left empty segmented by ``method``.
+
+    ``image`` (I, J, K) is the scan in SUV (or any unit proportional to it). ``method`` is a
+    pseudo-label method (``fraction`` of the box's maximum, ``otsu``, ``chan_vese``;
+    :func:`wspet.data.pseudo_labels.box_lesion`: the component holding the box's hottest voxel)
+    or ``none`` (leave the box empty). Returns the new mask and the indices of the boxes filled.
+    Boxes are checked as in :func:`restrict_to_boxes`; the inputs are not modified.
+    """
+    if method not in FALLBACKS:
+        raise ValueError(f"box fallback {method!r} is not one of {FALLBACKS}")
+    kept = restrict_to_boxes(mask, boxes)
+    img = np.asarray(image, dtype=np.float32)
+    if img.shape != kept.shape:
+        raise ValueError(f"image shape {img.shape} != mask shape {kept.shape}")
+    filled = []
+    if method == "none":
+        return kept, filled
+    predicted = kept.copy()  # a box overlapping a filled one is judged on the model's voxels alone
+    for index, box in enumerate(boxes):
+        region = tuple(slice(int(start), int(stop)) for start, stop in zip(box[:3], box[3:]))
+        if not predicted[region].any():
+            kept[region] |= box_lesion(img[region], method, fraction)[0]
+            filled.append(index)
+    return kept, filled
