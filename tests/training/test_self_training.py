@@ -11,10 +11,10 @@ import pytest
 from wspet.data.boxes import boxes_to_mask
 from wspet.data.datamodule import PetDataModule
 from wspet.data.format import DatasetError, read_dataset
-from wspet.data.pseudo_labels import BACKGROUND, IGNORE, LESION
+from wspet.data.pseudo_labels import BACKGROUND, IGNORE, LESION, pseudo_label
 from wspet.model.module import LesionSegmenter
 from wspet.training.experiment import train
-from wspet.training.self_training import labels_from_probabilities
+from wspet.training.self_training import fill_empty_boxes, labels_from_probabilities
 
 FAST = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "loss=pseudo"]
 
@@ -27,6 +27,23 @@ def test_labels_keep_confident_predictions_inside_the_boxes_only():
     assert labels_from_probabilities(probs, box, band=0.0).tolist() == [[[LESION, LESION, BACKGROUND, BACKGROUND, BACKGROUND]]]
     with pytest.raises(ValueError, match="band 0.5"):
         labels_from_probabilities(probs, box, band=0.5)
+
+
+def test_a_box_the_model_left_empty_keeps_its_first_pseudo_label():
+    image = np.ones((16, 16, 16), np.float32)
+    image[3:6, 3:6, 3:6] = 8.0
+    image[10:13, 10:13, 10:13] = 5.0
+    boxes = [[1, 1, 1, 8, 8, 8], [8, 8, 8, 15, 15, 15]]
+    probs = np.zeros(image.shape, np.float32)
+    probs[3:6, 3:6, 3:6] = 0.9  # the model found the first lesion, not the second
+    labels = labels_from_probabilities(probs, boxes_to_mask(boxes, image.shape) > 0, band=0.2)
+    before = labels.copy()
+    filled, which = fill_empty_boxes(labels, image, boxes, {"method": "otsu", "band": 0.1})
+    assert which == [1]
+    assert np.array_equal(filled[:8, :8, :8], before[:8, :8, :8])  # the model's labels, kept
+    expected = pseudo_label(image, [boxes[1]], method="otsu", band=0.1)[8:15, 8:15, 8:15]
+    assert np.array_equal(filled[8:15, 8:15, 8:15], expected) and (expected == LESION).sum() > 0
+    assert np.array_equal(labels, before)  # the input is not modified
 
 
 def test_a_round_relabels_every_training_case_and_trains_from_its_weights(train_config, tmp_path, tiny_dataset, monkeypatch):

@@ -73,7 +73,7 @@ def _train(cfg: DictConfig) -> dict:
         init_from = str(stage.checkpoint)
         labels = relabel(
             stage.checkpoint, cfg.data.root, out_dir / f"self_training_{round_index + 1}_labels", cfg.self_training.band,
-            cfg.evaluate.window, cfg.evaluate.overlap, cfg.data.box_margin_mm,
+            cfg.evaluate.window, cfg.evaluate.overlap, cfg.data.box_margin_mm, cfg.loss.get("pseudo_labels"),
         )
         final_cfg = with_pseudo_label_dir(cfg, labels)
     stages.append(fit_and_evaluate(final_cfg, out_dir, init_from, cfg.experiment_name, resuming=final_resuming, ckpt_path=from_file))
