@@ -14,7 +14,7 @@ from wspet.data.format import DatasetError, read_dataset
 from wspet.data.pseudo_labels import BACKGROUND, IGNORE, LESION, pseudo_label
 from wspet.model.module import LesionSegmenter
 from wspet.training.experiment import train
-from wspet.training.self_training import fill_empty_boxes, labels_from_probabilities
+from wspet.training.self_training import labels_from_probabilities, restore_empty_boxes
 
 FAST = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "loss=pseudo"]
 
@@ -38,7 +38,7 @@ def test_a_box_the_model_left_empty_keeps_its_first_pseudo_label():
     probs[3:6, 3:6, 3:6] = 0.9  # the model found the first lesion, not the second
     labels = labels_from_probabilities(probs, boxes_to_mask(boxes, image.shape) > 0, band=0.2)
     before = labels.copy()
-    filled, which = fill_empty_boxes(labels, image, boxes, {"method": "otsu", "band": 0.1})
+    filled, which = restore_empty_boxes(labels, image, boxes, {"method": "otsu", "band": 0.1})
     assert which == [1]
     assert np.array_equal(filled[:8, :8, :8], before[:8, :8, :8])  # the model's labels, kept
     expected = pseudo_label(image, [boxes[1]], method="otsu", band=0.1)[8:15, 8:15, 8:15]

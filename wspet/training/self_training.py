@@ -5,7 +5,7 @@ seen every box, often draws a lesion better than the threshold did. Each round p
 training case with the last stage's best checkpoint and writes new label maps: inside a box, lesion
 where the probability is at least ``0.5 + band``, ignored (:data:`~wspet.data.pseudo_labels.IGNORE`)
 within ``band`` of 0.5; background elsewhere, as outside every box. A box in which the model finds
-no lesion keeps its first pseudo-label (:func:`fill_empty_boxes`): a training box holds a lesion,
+no lesion keeps its first pseudo-label (:func:`restore_empty_boxes`): a training box holds a lesion,
 and labelling it all background would teach the next stage to miss it. The next stage trains from
 the last one's weights on those maps (``data.pseudo_label_dir``). Only boxes are read, never a label
 (except to derive a box for a case that has none, as training does).
@@ -43,7 +43,7 @@ def labels_from_probabilities(probs: np.ndarray, box: np.ndarray, band: float) -
     return label
 
 
-def fill_empty_boxes(label: np.ndarray, image: np.ndarray, boxes: Sequence[Sequence[int]],
+def restore_empty_boxes(label: np.ndarray, image: np.ndarray, boxes: Sequence[Sequence[int]],
                      pseudo_labels: Mapping | None = None) -> tuple[np.ndarray, list[int]]:
     """``label`` (I, J, K) with each box that holds no LESION voxel relabelled by
     :func:`wspet.data.pseudo_labels.pseudo_label` of that box (``pseudo_labels``: its keyword
@@ -64,7 +64,7 @@ def relabel(
 ) -> Path:
     """Write ``out_dir/<case>.nii.gz`` for every training case from ``checkpoint``'s predictions; return ``out_dir``.
 
-    ``pseudo_labels``: how a box the model left empty is labelled instead (:func:`fill_empty_boxes`).
+    ``pseudo_labels``: how a box the model left empty is labelled instead (:func:`restore_empty_boxes`).
     """
     model = LesionSegmenter.from_checkpoint(checkpoint)
     for case in read_dataset(data_root).training:
@@ -73,7 +73,7 @@ def relabel(
         boxes = case_boxes(case, image, label, margin_mm=box_margin_mm)
         probs = predict_probabilities(model, image.array, image.affine, window, overlap)
         new = labels_from_probabilities(probs, boxes_to_mask(boxes, image.array.shape) > 0, band)
-        new, filled = fill_empty_boxes(new, image.array, boxes, pseudo_labels)
+        new, filled = restore_empty_boxes(new, image.array, boxes, pseudo_labels)
         save_nifti(new, image.affine, out_dir / f"{case.name}.nii.gz")
         log.info("%s: %d lesion and %d ignored voxels from %s; %d of %d boxes kept their first pseudo-label",
                  case.name, int((new == LESION).sum()), int((new == IGNORE).sum()), checkpoint, len(filled), len(boxes))
