@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from wspet.data.boxes import (
     box_dice,
+    box_region,
     box_volume,
     boxes_from_label,
     boxes_to_mask,
@@ -165,3 +166,11 @@ def test_box_dice_values():
     assert box_dice([[2, 2, 2, 4, 4, 6]], label) == pytest.approx(2 * 8 / (8 + 16))
     assert box_dice([[5, 5, 5, 6, 6, 6]], label) == 0.0
     assert box_dice([], np.zeros((4, 4, 4))) == 1.0
+
+
+def test_box_region_slices_exactly_the_box_and_refuses_a_bad_one():
+    array = np.arange(6 * 5 * 4).reshape(6, 5, 4)
+    assert np.array_equal(array[box_region([1, 2, 0, 4, 5, 3])], array[1:4, 2:5, 0:3])
+    assert array[box_region(np.array([0, 0, 0, 1, 1, 1]))].shape == (1, 1, 1)
+    with pytest.raises(ValueError, match="start >= stop"):
+        box_region([2, 0, 0, 2, 1, 1])

@@ -57,7 +57,7 @@ def test_fallback_none_only_restricts_and_an_unknown_fallback_is_refused():
     mask = np.zeros(image.shape, bool)
     kept, filled = fill_empty_boxes(mask, image, boxes, method="none")
     assert filled == [] and not kept.any()
-    with pytest.raises(ValueError, match="box fallback 'largest' is not one of"):
+    with pytest.raises(ValueError, match="box_fallback='largest' is not one of"):
         fill_empty_boxes(mask, image, boxes, method="largest")
     with pytest.raises(ValueError, match=r"image shape \(20, 20, 19\) != mask shape"):
         fill_empty_boxes(mask, image[:, :, :19], boxes)

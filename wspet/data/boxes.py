@@ -41,6 +41,12 @@ def _check_box(box: Sequence[int]) -> Box:
     return values
 
 
+def box_region(box: Sequence[int]) -> tuple[slice, slice, slice]:
+    """The (i, j, k) slices of a valid half-open box ``[i0, j0, k0, i1, j1, k1]``: ``array[box_region(box)]``."""
+    b = _check_box(box)
+    return slice(b[0], b[3]), slice(b[1], b[4]), slice(b[2], b[5])
+
+
 def box_volume(box: Sequence[int]) -> int:
     """Number of voxels in a valid half-open box."""
     b = _check_box(box)
@@ -61,7 +67,7 @@ def boxes_to_mask(boxes: Sequence[Sequence[int]], shape: Sequence[int]) -> np.nd
         b = _check_box(box)
         if any(b[a] < 0 or b[a + 3] > shape[a] for a in range(3)):
             raise ValueError(f"box {b} lies outside the volume of shape {shape}")
-        mask[b[0]:b[3], b[1]:b[4], b[2]:b[5]] = 1
+        mask[box_region(b)] = 1
     return mask
 
 

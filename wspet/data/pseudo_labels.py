@@ -22,6 +22,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.segmentation import morphological_chan_vese
 
+from wspet.data.boxes import box_region
 from wspet.losses.dice_ce import IGNORE_INDEX as IGNORE
 
 BACKGROUND, LESION = 0, 1
@@ -107,8 +108,7 @@ def pseudo_label(
     lesion = np.zeros(image.shape, dtype=bool)
     uncertain = np.zeros(image.shape, dtype=bool)
     for box in boxes:
-        i0, j0, k0, i1, j1, k1 = (int(v) for v in box)
-        region = (slice(i0, i1), slice(j0, j1), slice(k0, k1))
+        region = box_region(box)
         values = image[region]
         found, threshold = box_lesion(values, method, fraction)
         doubt = np.zeros(values.shape, dtype=bool)

@@ -39,7 +39,7 @@ from wspet.io import publish, save_nifti, write_csv
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, format_table, mean_metrics
 from wspet.model.module import LesionSegmenter
 from wspet.model.precision import denormals_flushed
-from wspet.postprocess.box_prompt import DEFAULT_FALLBACK, FALLBACKS, fill_empty_boxes
+from wspet.postprocess.box_prompt import DEFAULT_FALLBACK, check_fallback, fill_empty_boxes
 
 log = logging.getLogger(__name__)
 
@@ -455,13 +455,6 @@ def prompted_mask(mask: np.ndarray, image: Volume, boxes: list[Box], job: Predic
     return kept
 
 
-def check_box_fallback(fallback: str) -> str:
-    """``fallback`` if it is a method of :data:`FALLBACKS`; ValueError naming the value otherwise."""
-    if fallback not in FALLBACKS:
-        raise ValueError(f"box_fallback={fallback!r} is not one of {list(FALLBACKS)}")
-    return fallback
-
-
 def predict(cfg: DictConfig) -> list[Path]:
     """Predict every input of ``cfg`` and write its outputs; return every written path, case by case,
     then ``metrics.csv`` when some case was scored.
@@ -490,7 +483,7 @@ def _predict(cfg: DictConfig) -> list[Path]:
             log.warning(warning)
         report.raise_if_problems()
     prompts = box_prompts(cfg.get("boxes"), jobs)
-    fallback = check_box_fallback(cfg.get("box_fallback", DEFAULT_FALLBACK))
+    fallback = check_fallback(cfg.get("box_fallback", DEFAULT_FALLBACK))
     model = load_model(cfg.ckpt, choose_device(cfg.device))
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
     progress = bool(cfg.get("progress", True))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from wspet.data.boxes import boxes_to_mask
+from wspet.data.boxes import box_region, boxes_to_mask
 from wspet.data.pseudo_labels import METHODS, box_lesion
 from wspet.metrics import as_mask
 
@@ -38,6 +38,13 @@ def restrict_to_boxes(mask: Any, boxes: Sequence[Sequence[int]]) -> np.ndarray:
     return m & boxes_to_mask(boxes, m.shape).astype(bool)
 
 
+def check_fallback(method: str) -> str:
+    """``method`` if it is one of :data:`FALLBACKS`; ValueError naming the value otherwise."""
+    if method not in FALLBACKS:
+        raise ValueError(f"box_fallback={method!r} is not one of {list(FALLBACKS)}")
+    return method
+
+
 def fill_empty_boxes(
     mask: Any, image: Any, boxes: Sequence[Sequence[int]], method: str = DEFAULT_FALLBACK, fraction: float = 0.41
 ) -> tuple[np.ndarray, list[int]]:
@@ -49,8 +56,7 @@ def fill_empty_boxes(
     or ``none`` (leave the box empty). Returns the new mask and the indices of the boxes filled.
     Boxes are checked as in :func:`restrict_to_boxes`; the inputs are not modified.
     """
-    if method not in FALLBACKS:
-        raise ValueError(f"box fallback {method!r} is not one of {FALLBACKS}")
+    check_fallback(method)
     kept = restrict_to_boxes(mask, boxes)
     img = np.asarray(image, dtype=np.float32)
     if img.shape != kept.shape:
@@ -60,7 +66,7 @@ def fill_empty_boxes(
         return kept, filled
     predicted = kept.copy()  # a box overlapping a filled one is judged on the model's voxels alone
     for index, box in enumerate(boxes):
-        region = tuple(slice(int(start), int(stop)) for start, stop in zip(box[:3], box[3:]))
+        region = box_region(box)
         if not predicted[region].any():
             kept[region] |= box_lesion(img[region], method, fraction)[0]
             filled.append(index)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wspet.data.boxes import boxes_to_mask
+from wspet.data.boxes import box_region, boxes_to_mask
 from wspet.data.format import case_boxes, load_image, load_label, read_dataset
 from wspet.data.pseudo_labels import BACKGROUND, IGNORE, LESION, pseudo_label
 from wspet.inference.sliding_window import predict_probabilities
@@ -51,7 +51,7 @@ def restore_empty_boxes(label: np.ndarray, image: np.ndarray, boxes: Sequence[Se
     label = label.copy()
     filled = []
     for index, box in enumerate(boxes):
-        region = tuple(slice(int(start), int(stop)) for start, stop in zip(box[:3], box[3:]))
+        region = box_region(box)
         if not (label[region] == LESION).any():
             label[region] = pseudo_label(image, [box], **dict(pseudo_labels or {}))[region]
             filled.append(index)
