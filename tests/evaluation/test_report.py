@@ -239,13 +239,29 @@ def test_default_figure_experiment_is_best_mean_weak(report):
     runs = collect_runs(sweep)
     rows = results_table(runs)
     assert default_figure_experiment(rows, runs) == "dice"  # 0.729 vs 0.667
-    # A fully supervised run with a higher mean is not weak and is passed over.
-    # It is recognised by its experiment name or by its loss.
-    for experiment in ("fs", "fs_morph"):
+    # A fully supervised run with a higher mean is not weak and is passed over. It is recognised
+    # by the supervision in its summary, or, in a summary without it, by its experiment or loss.
+    for experiment, loss, supervision in (("fs", "fs", None), ("fs_morph", "fs", None),
+                                          ("fs_dice_ce", "fs_dice_ce", None), ("mine", "mine", "label")):
         row = {"experiment": experiment, "seed": 0, "case": "case_a"} | PERFECT
-        fs = RunRecord(Path(experiment), experiment, 0, runs[0].data_root, "fs", "morph",
+        fs = RunRecord(Path(experiment), experiment, 0, runs[0].data_root, loss, supervision, "morph",
                        False, [row])
+        assert not fs.weak
         assert default_figure_experiment(rows + [row], runs + [fs]) == "dice"
+    # A loss on labels made from the boxes is weak, whatever its name.
+    row = {"experiment": "fs_pseudo", "seed": 0, "case": "case_a"} | PERFECT
+    pseudo = RunRecord(Path("p"), "fs_pseudo", 0, runs[0].data_root, "fs", "pseudo", "none", False, [row])
+    assert default_figure_experiment(rows + [row], runs + [pseudo]) == "fs_pseudo"
+
+
+def test_box_prompted_note_says_when_no_run_is_weak(tmp_path):
+    data_root = make_dataset(tmp_path / "DATA")
+    preds = next(iter(_predictions().values()))
+    run = make_run(tmp_path / "SWEEP" / "0", "fs_dice_ce", 0, data_root, preds)
+    summary = json.loads((run / "summary.json").read_text()) | {"supervision": "label"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    text = write_report(tmp_path / "SWEEP", tmp_path / "OUT")["results_md"].read_text()
+    assert "the best learned (none is weak) experiment, `fs_dice_ce`" in text
 
 
 def test_figure2_for_chosen_and_reference_experiment(report, tmp_path):

@@ -22,6 +22,7 @@ def test_train_runs_each_loss_and_writes_the_run_folder(train_config, tmp_path, 
     cfg = train_config(tmp_path, [f"loss={loss}", "trainer.fast_dev_run=1"])
     summary = train(cfg)
     assert summary["loss"] == loss
+    assert summary["supervision"] == ("label" if loss == "fs" else "box")
     assert 0.0 <= summary["test"]["dice"] <= 1.0
     assert summary["test"]["n_cases"] == 2
     assert (tmp_path / "summary.json").is_file()

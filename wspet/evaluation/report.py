@@ -3,7 +3,8 @@ Figures 1 and 2 and its comparison table, from our runs).
 
 A sweep folder holds run folders at any depth, each found by its summary.json:
 
-    <run>/summary.json          {"experiment", "seed", "data_root", "loss", "collapsed", ...}
+    <run>/summary.json          {"experiment", "seed", "data_root", "loss", "supervision",
+                                 "collapsed", ...}
     <run>/test_metrics.csv      one row per test case (case, dice, ude_mm, hd95_mm,
                                 lesions_found, lesions_missed, lesions_false, pred_empty)
     <run>/predictions/<case>_mask.nii.gz   the final binary mask on the test image's grid
@@ -59,8 +60,8 @@ PAPER_ORDER = (
 )
 # The best weak experiment's predictions kept inside the tight test boxes (box_prompted_results).
 BOX_PROMPTED = "box_prompted"
-# Experiments trained with the full labels (not weak): never Figure 2's default.
-FULLY_SUPERVISED = frozenset({"fs"})
+# Experiments trained with the full labels, for runs whose summary predates its "supervision" key.
+FULLY_SUPERVISED = frozenset({"fs", "fs_dice_ce"})
 
 
 ResultRow = dict[str, Any]
@@ -82,12 +83,20 @@ class RunRecord:
     seed: int
     data_root: Path
     loss: str | None
+    supervision: str | None  # the mask the loss saw (loss.supervision): box, pseudo or label
     postprocess: str | None
     collapsed: bool
     metrics: list[dict[str, Any]] = field(repr=False)
 
     def prediction_path(self, case: str) -> Path:
         return self.run_dir / "predictions" / f"{case}_mask.nii.gz"
+
+    @property
+    def weak(self) -> bool:
+        """Trained without the labels (from boxes or labels made from them)."""
+        if self.supervision is not None:
+            return self.supervision != "label"
+        return self.experiment not in FULLY_SUPERVISED and self.loss not in FULLY_SUPERVISED
 
 
 def collect_runs(sweep_dir: str | os.PathLike) -> list[RunRecord]:
@@ -135,6 +144,7 @@ def _read_run(run_dir: Path) -> RunRecord:
         seed=seed,
         data_root=Path(summary["data_root"]),
         loss=summary.get("loss"),
+        supervision=summary.get("supervision"),
         postprocess=summary.get("postprocess"),
         collapsed=bool(summary.get("collapsed", False)),
         metrics=_read_test_metrics(run_dir),
@@ -505,11 +515,10 @@ def _figure_prediction(
 
 
 def default_figure_experiment(rows: Sequence[ResultRow], runs: Sequence[RunRecord]) -> str:
-    """The weakly supervised experiment (trained from boxes: not `fs`, loss not `fs`, not
-    a reference row) with the best mean Dice; any learned one if none is weak."""
+    """The weakly supervised experiment (:attr:`RunRecord.weak`) with the best mean Dice; any
+    learned one if none is weak."""
     learned = {r.experiment for r in runs}
-    weak = {r.experiment for r in runs if r.experiment not in FULLY_SUPERVISED
-            and r.loss not in FULLY_SUPERVISED}
+    weak = {r.experiment for r in runs if r.weak}
     candidates = weak or learned
     means = {s.experiment: s.mean["dice"] for s in summarize(rows) if s.experiment in candidates}
     return max(sorted(means), key=lambda name: means[name])
@@ -553,7 +562,8 @@ def write_report(
     prompted = default_figure_experiment(rows, runs)
     rows = results_table(runs, box_prompted_results(runs, data_root, prompted) + reference_results(data_root))
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
-    note = (f"\n† `{BOX_PROMPTED}`: the best weak experiment, `{prompted}`, with its predictions kept inside the"
+    kind = "weak" if any(r.weak for r in runs) else "learned (none is weak)"
+    note = (f"\n† `{BOX_PROMPTED}`: the best {kind} experiment, `{prompted}`, with its predictions kept inside the"
             " reference rows' tight test boxes, and a box it left empty segmented at 41% of its SUVmax"
             " (`predict.py boxes=FILE`, `box_fallback=fraction`): the semi-automatic use.\n")
     learned = [name for name in experiments_in_order(rows) if name not in REFERENCE_ROWS]

@@ -140,6 +140,7 @@ def run_summary(cfg: DictConfig, stages: list[StageResult]) -> dict:
     return {
         "experiment": cfg.experiment_name,
         "loss": cfg.loss.name,
+        "supervision": cfg.loss.supervision,
         "postprocess": cfg.postprocess.name,
         "seed": cfg.seed,
         "precision": resolve_precision(cfg.trainer.precision, device_type(cfg.trainer.accelerator)).precision,
