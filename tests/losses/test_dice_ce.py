@@ -76,3 +76,30 @@ def test_other_target_values_are_refused(value, message):
 def test_negative_weights_are_refused():
     with pytest.raises(ValueError, match="ce_weight"):
         DiceCELoss(ce_weight=-1.0)
+
+
+@given(seed=SEEDS)
+@PROPERTY
+def test_batch_dice_is_dice_over_the_batch_as_one_volume(seed):
+    _, p, b = random_inputs(seed % 1000, (3, 1, 4, 5, 3))
+    b[1] = 0  # a patch without lesion: per sample it would get a Dice term of its own
+    got = dice_ce_loss(p, b, ce_weight=0.0, batch_dice=True)
+    assert got.item() == pytest.approx(dice_reference(p.numpy().reshape(1, -1), b.numpy().reshape(1, -1)), rel=1e-5)
+    # With one sample the two are the same.
+    assert dice_ce_loss(p[:1], b[:1], batch_dice=True).item() == pytest.approx(dice_ce_loss(p[:1], b[:1]).item(), rel=1e-6)
+
+
+def test_batch_dice_counts_a_lesion_free_patch_as_false_positives():
+    target = torch.zeros(2, 1, 2, 2, 2)
+    target[0, 0, 0] = 1  # 4 lesion voxels in the first patch, none in the second
+    probs = target.clone()
+    probs[1, 0, 0, 0, 0] = 1.0  # one false positive voxel in the lesion-free patch
+    per_sample = DiceCELoss(ce_weight=0.0)(None, probs, target)["loss_dice"].item()
+    batch = DiceCELoss(ce_weight=0.0, batch_dice=True)(None, probs, target)["loss_dice"].item()
+    assert per_sample == pytest.approx((0.0 + 1 / 8) / 2)  # the empty patch's mean(p)
+    assert batch == pytest.approx(1 / (5 + 4))  # FP / (sum p + sum b)
+
+
+def test_batch_dice_must_be_a_boolean():
+    with pytest.raises(ValueError, match="batch_dice must be true or false, got 'yes'"):
+        DiceCELoss(batch_dice="yes")
