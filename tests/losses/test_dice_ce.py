@@ -103,3 +103,5 @@ def test_batch_dice_counts_a_lesion_free_patch_as_false_positives():
 def test_batch_dice_must_be_a_boolean():
     with pytest.raises(ValueError, match="batch_dice must be true or false, got 'yes'"):
         DiceCELoss(batch_dice="yes")
+    with pytest.raises(ValueError, match="batch_dice must be true or false, got 'no'"):
+        dice_ce_loss(torch.zeros(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2), batch_dice="no")

@@ -31,6 +31,12 @@ def _split_ignored(target: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(ignored, torch.zeros_like(target), target), (~ignored).to(torch.float32)
 
 
+def _check_batch_dice(batch_dice: bool) -> bool:
+    if not isinstance(batch_dice, bool):
+        raise ValueError(f"batch_dice must be true or false, got {batch_dice!r}")
+    return batch_dice
+
+
 def _dice_ce_terms(
     probs: Tensor, target: Tensor, dice_weight: float, ce_weight: float, batch_dice: bool = False
 ) -> dict[str, Tensor]:
@@ -72,7 +78,7 @@ def dice_ce_loss(
     """
     dice_weight = check_hyperparameter("dice_weight", dice_weight, 0.0)
     ce_weight = check_hyperparameter("ce_weight", ce_weight, 0.0)
-    return _dice_ce_terms(probs, target, dice_weight, ce_weight, bool(batch_dice))["loss"]
+    return _dice_ce_terms(probs, target, dice_weight, ce_weight, _check_batch_dice(batch_dice))["loss"]
 
 
 class DiceCELoss(nn.Module):
@@ -86,9 +92,7 @@ class DiceCELoss(nn.Module):
         super().__init__()
         self.dice_weight = check_hyperparameter("dice_weight", dice_weight, 0.0)
         self.ce_weight = check_hyperparameter("ce_weight", ce_weight, 0.0)
-        if not isinstance(batch_dice, bool):
-            raise ValueError(f"batch_dice must be true or false, got {batch_dice!r}")
-        self.batch_dice = batch_dice
+        self.batch_dice = _check_batch_dice(batch_dice)
 
     def forward(self, image: Tensor | None, probs: Tensor, target: Tensor) -> dict[str, Tensor]:
         return _dice_ce_terms(probs, target, self.dice_weight, self.ce_weight, self.batch_dice)
