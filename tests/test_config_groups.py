@@ -10,11 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import get_class
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from tests.conftest import REPO, compose_config
+from wspet.model.checkpoint import read_checkpoint
+from wspet.model.module import LesionSegmenter
 from wspet.training.callbacks import ProgressLines, build_callbacks, clock
 from wspet.training.collapse import CollapseGuard
 from wspet.training.experiment import train
@@ -188,3 +191,15 @@ def test_every_model_key_is_an_argument_of_the_module_it_builds():
     keys = set(cfg.model) - {"_target_"}
     assert keys <= arguments, sorted(keys - arguments)
     assert arguments - keys == {"loss", "supervision", "preprocessing", "training_spacing"}
+
+
+def test_ema_callback_puts_the_averaged_weights_in_the_best_checkpoint(train_config, tmp_path):
+    cfg = train_config(tmp_path, ["loss=dice", "callbacks=[none,ema]", "trainer.max_epochs=2", "evaluate.split=none"])
+    summary = train(cfg)
+    checkpoint = read_checkpoint(summary["checkpoint"])
+    averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert averaged.keys() == current.keys()
+    assert any(not torch.equal(averaged[k], current[k]) for k in averaged)
+    model = LesionSegmenter.from_checkpoint(summary["checkpoint"])
+    name, weight = next(iter(model.state_dict().items()))
+    assert torch.equal(weight, averaged[name])

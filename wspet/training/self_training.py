@@ -44,7 +44,7 @@ def labels_from_probabilities(probs: np.ndarray, box: np.ndarray, band: float) -
 
 
 def restore_empty_boxes(label: np.ndarray, image: np.ndarray, boxes: Sequence[Sequence[int]],
-                     pseudo_labels: Mapping | None = None) -> tuple[np.ndarray, list[int]]:
+                        pseudo_labels: Mapping | None = None) -> tuple[np.ndarray, list[int]]:
     """``label`` (I, J, K) with each box that holds no LESION voxel relabelled by
     :func:`wspet.data.pseudo_labels.pseudo_label` of that box (``pseudo_labels``: its keyword
     arguments, e.g. ``loss.pseudo_labels``); and the indices of those boxes. The input is not modified."""
