@@ -272,3 +272,14 @@ def test_ddp_ranks_share_the_volumes_of_an_epoch():
     shards = [EpochSeededLoader(loader_of, 5, 0, FakeTrainer(epoch=3, rank=r, world=2)).shard(3) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 3  # padded to equal length, so ranks step together
     assert set(shards[0]) | set(shards[1]) == set(range(5))
+
+
+def test_last_checkpoint_follows_every_validation_not_only_the_best(train_config, tmp_path):
+    # Monitoring the step with mode=min makes the first validation the best for good. Lightning 2.6
+    # writes its own last.ckpt only beside a new best, so a killed run would resume from step 2.
+    overrides = ["loss=dice", "callbacks=none", "callbacks.checkpoint.monitor=step", "callbacks.checkpoint.mode=min",
+                 "trainer.max_epochs=null", "trainer.max_steps=6", "trainer.val_check_interval=2", "evaluate.split=none"]
+    training.train(train_config(tmp_path, overrides))
+    assert load(tmp_path / "checkpoints" / "best.ckpt")["global_step"] == 2
+    assert load(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]

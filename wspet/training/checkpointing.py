@@ -21,14 +21,14 @@ import pickle
 import re
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wspet.io import atomic_path
@@ -119,6 +119,22 @@ class SaveOnSignal(Callback):
         if self.pending is not None and self.held_back is not None:
             handler, self.held_back = self.held_back, None
             handler(self.pending, None)
+
+
+def stage_checkpoints(folder: Path, settings: Mapping[str, Any]) -> tuple[ModelCheckpoint, ModelCheckpoint | None]:
+    """``best.ckpt`` by ``settings`` (``callbacks.checkpoint``) and, if ``settings.save_last``, ``last.ckpt``.
+
+    ``last.ckpt`` is written at every validation by a second ``ModelCheckpoint`` that monitors nothing:
+    Lightning 2.6 writes the first one's own ``last.ckpt`` only beside a new best, which left it a copy of
+    ``best.ckpt`` and made a killed run resume from its last improvement instead of its last validation.
+    """
+    settings = dict(settings)
+    keep_last = bool(settings.pop("save_last", False))
+    best = ModelCheckpoint(dirpath=folder, filename="best", **settings)
+    if not keep_last:
+        return best, None
+    last = ModelCheckpoint(dirpath=folder, filename=Path(LAST).stem, monitor=None, save_top_k=1, enable_version_counter=False)
+    return best, last
 
 
 def resume_checkpoint(stage_dir: Path) -> Path | None:

@@ -17,7 +17,6 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
@@ -28,7 +27,7 @@ from wspet.io import atomic_path, write_text
 from wspet.model.checkpoint import load_checkpoint
 from wspet.model.module import LesionSegmenter
 from wspet.training.callbacks import ValidationHistory, build_callbacks
-from wspet.training.checkpointing import LAST, SaveOnSignal, launch_rank_is_zero, resume_checkpoint
+from wspet.training.checkpointing import LAST, SaveOnSignal, launch_rank_is_zero, resume_checkpoint, stage_checkpoints
 from wspet.training.collapse import CollapseGuard
 from wspet.training.convergence import convergence_problems
 from wspet.training.loggers import build_loggers, finish_loggers, log_test_metrics
@@ -156,10 +155,10 @@ def fit_stage(
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
     model = build_model(cfg, init_from, datamodule)
-    checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best", **cfg.callbacks.checkpoint)
+    checkpoint, latest = stage_checkpoints(stage_dir / "checkpoints", cfg.callbacks.checkpoint)
     guard = CollapseGuard(**cfg.callbacks.collapse_guard)
     saver = SaveOnSignal(stage_dir / "checkpoints" / LAST)
-    callbacks = build_callbacks(cfg, checkpoint, guard, saver)
+    callbacks = build_callbacks(cfg, checkpoint, guard, saver) + ([latest] if latest else [])
     trainer = build_trainer(cfg, callbacks, loggers, stage_dir)
     if ckpt_path is not None:
         log.info("stage '%s': resuming from %s", name, ckpt_path)
@@ -172,7 +171,7 @@ def fit_stage(
     rate = trainer.global_step / seconds if ckpt_path is None and trainer.global_step else None
     log.info("stage '%s': %d steps in %.0f s%s", name, trainer.global_step, seconds,
              f" ({rate:.2f} steps/s, validation included)" if rate else "")
-    best = checkpoint.best_model_path or checkpoint.last_model_path
+    best = checkpoint.best_model_path or (latest.best_model_path if latest else "")
     if not best:  # fast_dev_run and limit_* runs save nothing; keep the weights they reached
         best = stage_dir / "checkpoints" / LAST
         trainer.save_checkpoint(best)
