@@ -55,6 +55,7 @@ def anatomy(grid, rng) -> tuple[np.ndarray, list[np.ndarray]]:
 def add_lesions(activity, regions, grid, rng) -> np.ndarray:
     """Adds 1-6 lesions to ``activity`` in place; returns their support (the label)."""
     label = np.zeros(SHAPE, bool)
+    body = regions[0] | regions[1] | regions[2]
     for _ in range(rng.integers(1, 7)):
         region = regions[rng.choice(3, p=[.4, .3, .3])]
         voxels = np.argwhere(region)
@@ -63,7 +64,7 @@ def add_lesions(activity, regions, grid, rng) -> np.ndarray:
         radius = rng.uniform(5, 16)
         for _ in range(rng.integers(1, 4)):
             lesion |= ellipsoid(grid, centre + rng.normal(0, radius / 2, 3), radius * rng.uniform(.6, 1.2, 3))
-        lesion &= regions[0] | regions[1] | regions[2]
+        lesion &= body
         label |= lesion
         activity[lesion] = activity[lesion] + rng.uniform(2.0, 12)
     return label
