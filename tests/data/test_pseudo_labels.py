@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wspet.data.pseudo_labels import BACKGROUND, IGNORE, LESION, METHODS, pseudo_label
+from wspet.data.pseudo_labels import BACKGROUND, IGNORE, LESION, METHODS, central_component, pseudo_label
 from wspet.losses.dice_ce import IGNORE_INDEX
 
 
@@ -41,12 +41,50 @@ def test_outside_every_box_is_background_even_where_uptake_is_high():
     assert np.all(label[outside] == BACKGROUND)
 
 
-def test_only_the_component_at_the_box_peak_is_lesion():
+def test_only_one_component_of_a_box_is_lesion():
     image, truth = sphere_scan()
     image[12:14, 10:12, 6:8] = 6.0  # another hot corner cut by the same box, cooler than the lesion
     label = pseudo_label(image, [[12, 10, 6, 29, 27, 23]], band=0.0, ignore_box_edge=False)
     assert not np.any(label[12:14, 10:12, 6:8] == LESION)
     assert dice(label == LESION, truth) > 0.9
+
+
+@pytest.mark.parametrize("method", ["otsu", "fraction"])
+def test_the_box_lesion_is_its_central_component_even_beside_hotter_uptake(method):
+    image, truth = sphere_scan()
+    image[12:14, 10:27, 6:23] = 12.0  # an organ hotter than the lesion (9), cut by the box's face
+    box = [12, 10, 6, 29, 27, 23]
+    central = pseudo_label(image, [box], method=method, band=0.0, ignore_box_edge=False)
+    assert dice(central == LESION, truth) > 0.9
+    assert np.all(central[12:14, 10:27, 6:23] == BACKGROUND)
+    # the rule before: the hottest voxel's component is the organ, and the lesion is taught as background
+    peak = pseudo_label(image, [box], method=method, band=0.0, ignore_box_edge=False, component="peak")
+    assert np.all(peak[12:14, 10:27, 6:23] == LESION)
+    assert np.all(peak[truth] == BACKGROUND)
+
+
+def test_a_lesion_with_a_cold_centre_is_still_the_central_component():
+    lesion = np.zeros((20, 20, 20), bool)
+    grid = np.indices(lesion.shape)
+    distance = np.sqrt(sum((g - 9.5) ** 2 for g in grid))
+    lesion[(distance >= 3) & (distance <= 6)] = True  # a shell: no voxel at the box centre
+    lesion[0:3, 0:3, 0:3] = True  # uptake in a corner
+    kept = central_component(lesion)
+    assert kept.sum() == lesion.sum() - 27 and not kept[0:3, 0:3, 0:3].any()
+
+
+def test_without_a_component_in_the_central_region_the_nearest_to_the_centre_is_kept():
+    lesion = np.zeros((16, 16, 16), bool)
+    lesion[0:2, 0:2, 0:2] = True  # far corner
+    lesion[2:4, 6:9, 6:9] = True  # nearer the centre, outside the middle half (rows 4 to 11)
+    kept = central_component(lesion)
+    assert kept.sum() == 18 and kept[2:4, 6:9, 6:9].all()
+
+
+def test_an_unknown_component_rule_is_refused_by_name():
+    image, _ = sphere_scan()
+    with pytest.raises(ValueError, match="'hottest'"):
+        pseudo_label(image, [[12, 10, 6, 29, 27, 23]], component="hottest")
 
 
 def test_voxels_near_the_threshold_and_lesion_on_the_box_edge_are_ignored():

@@ -52,7 +52,7 @@ def fill_empty_boxes(
 
     ``image`` (I, J, K) is the scan in SUV (or any unit proportional to it). ``method`` is a
     pseudo-label method (``fraction`` of the box's maximum, ``otsu``, ``chan_vese``;
-    :func:`wspet.data.pseudo_labels.box_lesion`: the component holding the box's hottest voxel)
+    :func:`wspet.data.pseudo_labels.box_lesion`: the component most present in the box's centre)
     or ``none`` (leave the box empty). Returns the new mask and the indices of the boxes filled.
     Boxes are checked as in :func:`restrict_to_boxes`; the inputs are not modified.
     """
