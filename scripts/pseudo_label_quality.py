@@ -1,14 +1,16 @@
 """How well the pseudo-labels of a labelled wspet dataset match its true lesions, box by box.
 
-For every box of every case that has a label (training and test cases), the lesion that
+For every box of every training case that has a label, the lesion that
 ``wspet.data.pseudo_labels.box_lesion`` finds in the box (before the uncertain voxels are marked) is
 compared with the true lesion of that box: the 26-connected component of the label with the most
 voxels inside it. Prints, for each rule that chooses the box's component
 (``wspet.data.pseudo_labels.COMPONENTS``), the mean and spread of the Dice and how many boxes score
 below 0.2 (a lesion taught as background). It reads the labels, so it is a check of a method on a
-labelled set, never a step of weak training.
+labelled set, never a step of weak training; test cases are left out, so that a choice made
+from it never reads a test label. ``--boxes tight`` uses one tight box per true lesion
+instead of the set's boxes: the prompt boxes of ``predict.py boxes=FILE`` and its ``box_fallback``.
 
-    python scripts/pseudo_label_quality.py data/phantom data/phantom16 [--method otsu]
+    python scripts/pseudo_label_quality.py data/phantom data/phantom16 [--method otsu] [--boxes tight]
 """
 from __future__ import annotations
 
@@ -20,21 +22,24 @@ from scipy import ndimage
 from wspet.data.boxes import box_region
 from wspet.data.format import load_image, load_label, read_dataset
 from wspet.data.pseudo_labels import COMPONENTS, METHODS, box_lesion
+from wspet.evaluation.reference_rows import tight_boxes
 from wspet.metrics.overlap import dice_score
 
 FAILED = 0.2  # a box whose label scores below this Dice teaches its lesion as background
 
 
-def box_dices(root: str, method: str, component: str) -> list[float]:
-    """Dice of each labelled box's pseudo-label lesion with its true lesion, in case and box order."""
+def box_dices(root: str, method: str, component: str, boxes: str = "dataset") -> list[float]:
+    """Dice of each labelled box's pseudo-label lesion with its true lesion, in case and box order;
+    ``boxes``: the set's own (``dataset``) or the labels' tight boxes (``tight``)."""
     index = read_dataset(root)
     scores = []
-    for case in [*index.training, *index.test]:
-        if case.label is None or not case.boxes:
+    for case in index.training:
+        if case.label is None or (boxes == "dataset" and not case.boxes):
             continue
         image = load_image(case.image)
-        lesions, _ = ndimage.label(np.asarray(load_label(case.label, image)) > 0, np.ones((3, 3, 3)))
-        for box in case.boxes:
+        label = np.asarray(load_label(case.label, image)) > 0
+        lesions, _ = ndimage.label(label, np.ones((3, 3, 3)))
+        for box in case.boxes if boxes == "dataset" else tight_boxes(label):
             region = box_region(box)
             inside = lesions[region]
             if not inside.any():
@@ -50,11 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", help="wspet dataset folders with labels")
     parser.add_argument("--method", default="otsu", choices=METHODS)
+    parser.add_argument("--boxes", default="dataset", choices=("dataset", "tight"))
     args = parser.parse_args(argv)
     for root in args.roots:
         for component in COMPONENTS:
-            scores = np.array(box_dices(root, args.method, component))
-            print(f"{root} {args.method} component={component}: {len(scores)} boxes, Dice "
+            scores = np.array(box_dices(root, args.method, component, args.boxes))
+            print(f"{root} {args.method} {args.boxes} boxes, component={component}: {len(scores)} boxes, Dice "
                   f"{scores.mean():.3f} ± {scores.std():.3f}, {int((scores < FAILED).sum())} below {FAILED}")
 
 

@@ -413,8 +413,10 @@ def test_figure_slice_prefers_both_masks_and_the_middle_of_ties():
     assert largest_slice(np.zeros(SHAPE, bool), np.zeros(SHAPE, bool), 0) == SHAPE[0] // 2
 
 
-def test_box_prompted_rows_segment_a_box_the_model_left_empty_at_41_percent(tmp_path):
-    from wspet.evaluation.reference_rows import box_threshold_prediction
+def test_box_prompted_rows_segment_a_box_the_model_left_empty_by_the_default_fallback(tmp_path):
+    from wspet.data.boxes import box_region
+    from wspet.data.pseudo_labels import box_lesion
+    from wspet.evaluation.reference_rows import tight_boxes
     from wspet.evaluation.report import box_prompted_results
 
     data_root = make_dataset(tmp_path / "DATA")
@@ -425,6 +427,8 @@ def test_box_prompted_rows_segment_a_box_the_model_left_empty_at_41_percent(tmp_
     rows = {r["case"]: r for r in box_prompted_results(collect_runs(run.parent), data_root, "dice")}
     assert rows["case_a"]["dice"] == pytest.approx(1.0)  # the model's own answer, kept
     image_b, label_b = cases["case_b"]
-    fallback = box_threshold_prediction(image_b, label_b)  # one lesion: its box at 41%
+    (box,) = tight_boxes(label_b)  # one lesion: its tight box segmented by Otsu
+    fallback = np.zeros(SHAPE, dtype=bool)
+    fallback[box_region(box)] = box_lesion(np.asarray(image_b, np.float32)[box_region(box)], "otsu")[0]
     assert rows["case_b"]["dice"] == pytest.approx(dice_score(fallback, label_b))
     assert rows["case_b"]["dice"] > 0.5

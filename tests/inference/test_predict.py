@@ -430,22 +430,22 @@ def test_box_prompted_prediction_keeps_only_what_lies_in_the_case_boxes(checkpoi
     assert full.all() and np.array_equal(mask, inside)
 
 
-def test_a_prompt_box_the_model_leaves_empty_is_segmented_at_41_percent_and_logged(checkpoint, scan, tmp_path, caplog):
+def test_a_prompt_box_the_model_leaves_empty_is_segmented_by_otsu_and_logged(checkpoint, scan, tmp_path, caplog):
     import json
 
     from wspet.data.pseudo_labels import box_lesion
 
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"patient 1": [[2, 3, 4, 8, 9, 10]]}))
-    # threshold 1: the model predicts nothing anywhere, so the box falls back on its 41% threshold
+    # threshold 1: the model predicts nothing anywhere, so the box falls back on Otsu's threshold
     with caplog.at_level("WARNING", logger="wspet.inference.predict"):
         filled = predict(predict_config(checkpoint, scan, tmp_path / "filled", threshold=1.0, boxes=str(boxes)))
     mask = np.asarray(nib.load(filled[0]).dataobj) > 0
     image = np.asarray(nib.load(scan).dataobj, dtype=np.float32)
     expected = np.zeros(mask.shape, bool)
-    expected[2:8, 3:9, 4:10] = box_lesion(image[2:8, 3:9, 4:10], "fraction")[0]
+    expected[2:8, 3:9, 4:10] = box_lesion(image[2:8, 3:9, 4:10], "otsu")[0]
     assert expected.any() and np.array_equal(mask, expected)
-    assert "no lesion in box [2, 3, 4, 8, 9, 10]" in caplog.text and "box_fallback=fraction" in caplog.text
+    assert "no lesion in box [2, 3, 4, 8, 9, 10]" in caplog.text and "box_fallback=otsu" in caplog.text
     empty = predict(predict_config(checkpoint, scan, tmp_path / "empty", threshold=1.0, boxes=str(boxes), box_fallback="none"))
     assert not (np.asarray(nib.load(empty[0]).dataobj) > 0).any()
     with pytest.raises(ValueError, match=r"box_fallback='41%' is not one of"):

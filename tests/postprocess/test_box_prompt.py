@@ -38,7 +38,7 @@ def _two_lesion_scan():
     return image, [[2, 2, 2, 8, 8, 8], [10, 10, 10, 18, 18, 18]]
 
 
-def test_a_box_the_model_left_empty_is_segmented_at_41_percent_of_its_maximum():
+def test_a_box_the_model_left_empty_is_segmented_by_otsu_by_default():
     image, boxes = _two_lesion_scan()
     mask = np.zeros(image.shape, bool)
     mask[3:5, 3:5, 3:5] = True    # the model found part of the first lesion only
@@ -47,7 +47,7 @@ def test_a_box_the_model_left_empty_is_segmented_at_41_percent_of_its_maximum():
     kept, filled = fill_empty_boxes(mask, image, boxes)
     assert filled == [1]
     assert np.array_equal(kept[2:8, 2:8, 2:8], before[2:8, 2:8, 2:8])  # the model's answer is kept
-    assert kept[12:16, 12:16, 12:16].all()  # the 6-SUV cube, all of it above 41% of 6
+    assert kept[12:16, 12:16, 12:16].all()  # the 6-SUV cube, all of it above Otsu's threshold of the box
     assert kept.sum() == 8 + 64  # and nothing else: not the background, not outside the boxes
     assert np.array_equal(mask, before)  # the input is not modified
 

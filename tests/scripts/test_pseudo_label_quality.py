@@ -41,4 +41,10 @@ def test_the_central_rule_finds_the_lesion_that_the_peak_rule_teaches_as_backgro
     assert central[0] > 0.9 and peak[0] == 0.0
     pseudo_label_quality.main([str(tmp_path)])
     printed = capsys.readouterr().out
-    assert "component=peak: 1 boxes, Dice 0.000 ± 0.000, 1 below 0.2" in printed
+    assert "otsu dataset boxes, component=peak: 1 boxes, Dice 0.000 ± 0.000, 1 below 0.2" in printed
+
+
+def test_tight_boxes_are_one_per_true_lesion(tmp_path):
+    write_case_beside_hot_uptake(tmp_path)
+    (tight,) = pseudo_label_quality.box_dices(str(tmp_path), "otsu", "peak", boxes="tight")
+    assert tight > 0.9  # the tight box no longer reaches the hotter uptake
