@@ -54,11 +54,11 @@ def test_the_box_lesion_is_its_central_component_even_beside_hotter_uptake(metho
     image, truth = sphere_scan()
     image[12:14, 10:27, 6:23] = 12.0  # an organ hotter than the lesion (9), cut by the box's face
     box = [12, 10, 6, 29, 27, 23]
-    central = pseudo_label(image, [box], method=method, band=0.0, ignore_box_edge=False)
+    central = pseudo_label(image, [box], method=method, band=0.0, ignore_box_edge=False, component="central")
     assert dice(central == LESION, truth) > 0.9
     assert np.all(central[12:14, 10:27, 6:23] == BACKGROUND)
-    # the rule before: the hottest voxel's component is the organ, and the lesion is taught as background
-    peak = pseudo_label(image, [box], method=method, band=0.0, ignore_box_edge=False, component="peak")
+    # the default: the hottest voxel's component is the organ, and the lesion is taught as background
+    peak = pseudo_label(image, [box], method=method, band=0.0, ignore_box_edge=False)
     assert np.all(peak[12:14, 10:27, 6:23] == LESION)
     assert np.all(peak[truth] == BACKGROUND)
 

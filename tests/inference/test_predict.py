@@ -443,7 +443,7 @@ def test_a_prompt_box_the_model_leaves_empty_is_segmented_by_otsu_and_logged(che
     mask = np.asarray(nib.load(filled[0]).dataobj) > 0
     image = np.asarray(nib.load(scan).dataobj, dtype=np.float32)
     expected = np.zeros(mask.shape, bool)
-    expected[2:8, 3:9, 4:10] = box_lesion(image[2:8, 3:9, 4:10], "otsu")[0]
+    expected[2:8, 3:9, 4:10] = box_lesion(image[2:8, 3:9, 4:10], "otsu", component="central")[0]
     assert expected.any() and np.array_equal(mask, expected)
     assert "no lesion in box [2, 3, 4, 8, 9, 10]" in caplog.text and "box_fallback=otsu" in caplog.text
     empty = predict(predict_config(checkpoint, scan, tmp_path / "empty", threshold=1.0, boxes=str(boxes), box_fallback="none"))

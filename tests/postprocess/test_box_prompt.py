@@ -68,3 +68,13 @@ def test_a_box_overlapping_a_filled_box_is_judged_on_the_model_alone():
     boxes = [[10, 10, 10, 18, 18, 18], [14, 14, 14, 19, 19, 19]]  # both hold part of the 6-SUV cube
     kept, filled = fill_empty_boxes(np.zeros(image.shape, bool), image, boxes)
     assert filled == [0, 1]
+
+
+def test_a_filled_box_keeps_its_central_lesion_not_hotter_uptake_at_its_face():
+    image = np.ones((20, 20, 20), np.float32)
+    image[8:12, 8:12, 8:12] = 5.0   # the lesion, in the middle of the box
+    image[4, 4:16, 4:16] = 9.0      # hotter uptake the box's face cuts (an organ's edge)
+    box = [4, 4, 4, 16, 16, 16]
+    kept, filled = fill_empty_boxes(np.zeros(image.shape, bool), image, [box])
+    assert filled == [0]
+    assert kept[8:12, 8:12, 8:12].all() and kept.sum() == 64

@@ -54,7 +54,8 @@ def fill_empty_boxes(
 
     ``image`` (I, J, K) is the scan in SUV (or any unit proportional to it). ``method`` is a
     pseudo-label method (``fraction`` of the box's maximum, ``otsu``, ``chan_vese``;
-    :func:`wspet.data.pseudo_labels.box_lesion`: the component most present in the box's centre)
+    :func:`wspet.data.pseudo_labels.box_lesion`, keeping the component most present in the box's
+    middle: a prompt box is drawn around its lesion, and that rule found it best; docs/prediction.md)
     or ``none`` (leave the box empty). Returns the new mask and the indices of the boxes filled.
     Boxes are checked as in :func:`restrict_to_boxes`; the inputs are not modified.
     """
@@ -70,6 +71,6 @@ def fill_empty_boxes(
     for index, box in enumerate(boxes):
         region = box_region(box)
         if not predicted[region].any():
-            kept[region] |= box_lesion(img[region], method, fraction)[0]
+            kept[region] |= box_lesion(img[region], method, fraction, component="central")[0]
             filled.append(index)
     return kept, filled
