@@ -450,6 +450,10 @@ def test_a_prompt_box_the_model_leaves_empty_is_segmented_by_otsu_and_logged(che
     assert not (np.asarray(nib.load(empty[0]).dataobj) > 0).any()
     with pytest.raises(ValueError, match=r"box_fallback='41%' is not one of"):
         predict(predict_config(checkpoint, scan, tmp_path / "bad", boxes=str(boxes), box_fallback="41%"))
+    with pytest.raises(ValueError, match=r"box_union='no' is not true or false"):
+        predict(predict_config(checkpoint, scan, tmp_path / "bad", boxes=str(boxes), box_union="no"))
+    joined = predict(predict_config(checkpoint, scan, tmp_path / "joined", threshold=1.0, boxes=str(boxes), box_union=True))
+    assert np.array_equal(np.asarray(nib.load(joined[0]).dataobj) > 0, expected)  # nothing predicted: the box's lesion alone
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").glob("*_mask.nii.gz"))
 
 

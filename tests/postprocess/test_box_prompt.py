@@ -78,3 +78,16 @@ def test_a_filled_box_keeps_its_central_lesion_not_hotter_uptake_at_its_face():
     kept, filled = fill_empty_boxes(np.zeros(image.shape, bool), image, [box])
     assert filled == [0]
     assert kept[8:12, 8:12, 8:12].all() and kept.sum() == 64
+
+
+def test_union_adds_the_boxs_classical_lesion_to_what_the_model_found():
+    image, boxes = _two_lesion_scan()
+    mask = np.zeros(image.shape, bool)
+    mask[3:5, 3:5, 3:5] = True    # the model found part of the first lesion only
+    mask[2, 7, 7] = True          # and a voxel of background in the same box, which stays
+    kept, filled = fill_empty_boxes(mask, image, boxes, union=True)
+    assert filled == [1]  # only the box the model left empty is reported as filled
+    assert kept[3:6, 3:6, 3:6].all() and kept[12:16, 12:16, 12:16].all()
+    assert kept[2, 7, 7] and kept.sum() == 27 + 64 + 1
+    alone, _ = fill_empty_boxes(mask, image, boxes)
+    assert alone[3:6, 3:6, 3:6].sum() == 8  # without union the model's partial answer is kept as it is

@@ -441,12 +441,12 @@ def box_prompts(path: str | None, jobs: list[PredictionJob]) -> dict[str, list[B
 
 
 def prompted_mask(mask: np.ndarray, image: Volume, boxes: list[Box], job: PredictionJob, source: str,
-                  fallback: str = DEFAULT_FALLBACK) -> np.ndarray:
+                  fallback: str = DEFAULT_FALLBACK, union: bool = False) -> np.ndarray:
     """``mask`` kept inside ``boxes``, a box the model left empty segmented by ``fallback``
     (:func:`wspet.postprocess.box_prompt.fill_empty_boxes`), each such box logged as a warning; a box
     outside the scan is refused naming the box file, case and box."""
     try:
-        kept, filled = fill_empty_boxes(mask, image.array, boxes, fallback)
+        kept, filled = fill_empty_boxes(mask, image.array, boxes, fallback, union=union)
     except ValueError as error:
         raise ValueError(f"{source}: case {job.name!r} ({job.image}): {error}") from None
     for index in filled:
@@ -484,6 +484,9 @@ def _predict(cfg: DictConfig) -> list[Path]:
         report.raise_if_problems()
     prompts = box_prompts(cfg.get("boxes"), jobs)
     fallback = check_fallback(cfg.get("box_fallback", DEFAULT_FALLBACK))
+    union = cfg.get("box_union", False)
+    if not isinstance(union, bool):
+        raise ValueError(f"box_union={union!r} is not true or false")
     model = load_model(cfg.ckpt, choose_device(cfg.device))
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
     progress = bool(cfg.get("progress", True))
@@ -497,7 +500,7 @@ def _predict(cfg: DictConfig) -> list[Path]:
         mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size,
                             progress=progress)
         if prompts is not None:
-            mask = prompted_mask(mask, image, prompts[job.name], job, cfg.boxes, fallback)
+            mask = prompted_mask(mask, image, prompts[job.name], job, cfg.boxes, fallback, union)
         written += write_outputs(job, image, mask, overwrite=cfg.overwrite, output_format=output_format)
         log.info("%s: %d lesion voxels -> %s", job.name, int(mask.sum()), job.output)
         if label is not None:

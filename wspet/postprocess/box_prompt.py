@@ -48,7 +48,8 @@ def check_fallback(method: str) -> str:
 
 
 def fill_empty_boxes(
-    mask: Any, image: Any, boxes: Sequence[Sequence[int]], method: str = DEFAULT_FALLBACK, fraction: float = 0.41
+    mask: Any, image: Any, boxes: Sequence[Sequence[int]], method: str = DEFAULT_FALLBACK, fraction: float = 0.41,
+    union: bool = False,
 ) -> tuple[np.ndarray, list[int]]:
     """``mask`` (I, J, K) kept inside ``boxes``, each box the model left empty segmented by ``method``.
 
@@ -56,7 +57,9 @@ def fill_empty_boxes(
     pseudo-label method (``fraction`` of the box's maximum, ``otsu``, ``chan_vese``;
     :func:`wspet.data.pseudo_labels.box_lesion`, keeping the component most present in the box's
     middle: a prompt box is drawn around its lesion, and that rule found it best; docs/prediction.md)
-    or ``none`` (leave the box empty). Returns the new mask and the indices of the boxes filled.
+    or ``none`` (leave the box empty). With ``union``, every box gets ``method``'s lesion added to
+    the model's, not only a box the model left empty (``predict.py box_union=true``; docs/prediction.md).
+    Returns the new mask and the indices of the boxes the model left empty (and that were filled).
     Boxes are checked as in :func:`restrict_to_boxes`; the inputs are not modified.
     """
     check_fallback(method)
@@ -70,7 +73,9 @@ def fill_empty_boxes(
     predicted = kept.copy()  # a box overlapping a filled one is judged on the model's voxels alone
     for index, box in enumerate(boxes):
         region = box_region(box)
-        if not predicted[region].any():
+        empty = not predicted[region].any()
+        if empty or union:
             kept[region] |= box_lesion(img[region], method, fraction, component="central")[0]
+        if empty:
             filled.append(index)
     return kept, filled
