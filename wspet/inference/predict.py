@@ -442,8 +442,8 @@ def box_prompts(path: str | None, jobs: list[PredictionJob]) -> dict[str, list[B
 
 def prompted_mask(mask: np.ndarray, image: Volume, boxes: list[Box], job: PredictionJob, source: str,
                   fallback: str = DEFAULT_FALLBACK, union: bool = False) -> np.ndarray:
-    """``mask`` kept inside ``boxes``, a box the model left empty segmented by ``fallback``
-    (:func:`wspet.postprocess.box_prompt.fill_empty_boxes`), each such box logged as a warning; a box
+    """``mask`` kept inside ``boxes``, a box the model left empty (every box with ``union``) segmented by
+    ``fallback`` (:func:`wspet.postprocess.box_prompt.fill_empty_boxes`), each empty box logged as a warning; a box
     outside the scan is refused naming the box file, case and box."""
     try:
         kept, filled = fill_empty_boxes(mask, image.array, boxes, fallback, union=union)
