@@ -610,3 +610,41 @@ def test_progress_bars_over_scans_and_windows_unless_switched_off(checkpoint, sc
     predict(predict_config(checkpoint, scan, tmp_path / "off", progress=False))
     err = capsys.readouterr().err
     assert "predicting" not in err and "windows" not in err
+
+
+def test_box_prompts_join_each_box_lesion_to_the_model_by_default(checkpoint, tiny_dataset, tmp_path, monkeypatch):
+    import json
+
+    from tests.conftest import compose_config
+    from wspet.data.format import load_image, load_label, read_dataset
+    from wspet.evaluation.reference_rows import tight_boxes
+    from wspet.postprocess.box_prompt import fill_empty_boxes
+
+    cases = read_dataset(tiny_dataset).test
+    boxes, truth = {}, {}
+    for case in cases:
+        image = load_image(case.image)
+        truth[case.name] = (image, load_label(case.label, image) > 0)
+        boxes[case.name] = [list(map(int, box)) for box in tight_boxes(truth[case.name][1])]
+    prompts = tmp_path / "boxes.json"
+    prompts.write_text(json.dumps(boxes))
+
+    def one_voxel_per_lesion(model, image, *args, **kwargs):  # a model that finds a sliver of each lesion
+        mask = np.zeros(image.array.shape, bool)
+        for i0, j0, k0, *_ in boxes[image.path.name.split(".")[0]]:
+            mask[i0, j0, k0] = True
+        return mask
+
+    monkeypatch.setattr(wspet.inference.predict, "predict_mask", one_voxel_per_lesion)
+    common = [f"ckpt={checkpoint}", f"input={tiny_dataset}", f"boxes={prompts}", "device=cpu", "mip_png=false",
+              "lesions_csv=false", "progress=false"]
+    predict(compose_config("predict", [*common, f"output={tmp_path / 'joined'}"]))
+    predict(compose_config("predict", [*common, f"output={tmp_path / 'alone'}", "box_union=false"]))
+    for case in cases:
+        image, label = truth[case.name]
+        sliver = one_voxel_per_lesion(None, image)
+        joined = np.asarray(nib.load(tmp_path / "joined" / f"{case.name}_mask.nii.gz").dataobj) > 0
+        alone = np.asarray(nib.load(tmp_path / "alone" / f"{case.name}_mask.nii.gz").dataobj) > 0
+        assert np.array_equal(alone, sliver)  # box_union=false: a box the model found something in keeps it alone
+        assert np.array_equal(joined, fill_empty_boxes(sliver, image.array, boxes[case.name], union=True)[0])
+        assert (joined & label).sum() > 10 * (alone & label).sum()  # the default delineates the lesions

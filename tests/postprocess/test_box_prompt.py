@@ -38,18 +38,21 @@ def _two_lesion_scan():
     return image, [[2, 2, 2, 8, 8, 8], [10, 10, 10, 18, 18, 18]]
 
 
-def test_a_box_the_model_left_empty_is_segmented_by_otsu_by_default():
+def test_by_default_every_box_gets_its_otsu_lesion_joined_and_an_empty_one_is_reported():
     image, boxes = _two_lesion_scan()
     mask = np.zeros(image.shape, bool)
     mask[3:5, 3:5, 3:5] = True    # the model found part of the first lesion only
     mask[0, 0, 0] = True          # and something outside every box
     before = mask.copy()
     kept, filled = fill_empty_boxes(mask, image, boxes)
-    assert filled == [1]
-    assert np.array_equal(kept[2:8, 2:8, 2:8], before[2:8, 2:8, 2:8])  # the model's answer is kept
+    assert filled == [1]  # only the box the model left empty is reported
+    assert kept[3:6, 3:6, 3:6].all()  # the 10-SUV cube completed around the model's part of it
     assert kept[12:16, 12:16, 12:16].all()  # the 6-SUV cube, all of it above Otsu's threshold of the box
-    assert kept.sum() == 8 + 64  # and nothing else: not the background, not outside the boxes
+    assert kept.sum() == 27 + 64  # and nothing else: not the background, not outside the boxes
     assert np.array_equal(mask, before)  # the input is not modified
+    alone, filled = fill_empty_boxes(mask, image, boxes, union=False)
+    assert filled == [1] and np.array_equal(alone[2:8, 2:8, 2:8], before[2:8, 2:8, 2:8])  # the model's answer kept as it is
+    assert alone.sum() == 8 + 64
 
 
 def test_fallback_none_only_restricts_and_an_unknown_fallback_is_refused():
@@ -89,5 +92,5 @@ def test_union_adds_the_boxs_classical_lesion_to_what_the_model_found():
     assert filled == [1]  # only the box the model left empty is reported as filled
     assert kept[3:6, 3:6, 3:6].all() and kept[12:16, 12:16, 12:16].all()
     assert kept[2, 7, 7] and kept.sum() == 27 + 64 + 1
-    alone, _ = fill_empty_boxes(mask, image, boxes)
+    alone, _ = fill_empty_boxes(mask, image, boxes, union=False)
     assert alone[3:6, 3:6, 3:6].sum() == 8  # without union the model's partial answer is kept as it is

@@ -37,7 +37,7 @@ from wspet.evaluation.comparisons import paired_markdown, per_seed_markdown
 from wspet.evaluation.overlays import draw_case
 from wspet.io import atomic_path, write_text
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, mean_std
-from wspet.postprocess.box_prompt import DEFAULT_FALLBACK, fill_empty_boxes
+from wspet.postprocess.box_prompt import DEFAULT_FALLBACK, DEFAULT_UNION, fill_empty_boxes
 from wspet.evaluation.reference_rows import REFERENCE_ROWS, tight_boxes
 
 RESULT_COLUMNS = ("experiment", "seed", "case") + METRIC_NAMES
@@ -240,8 +240,8 @@ def box_prompted_results(runs: Sequence[RunRecord], data_root: str | os.PathLike
 
     The model used as a clinician would use it, with a box drawn around each lesion at test time;
     the boxes are the reference rows' own, so the three rows get the same help. As ``predict.py
-    boxes=FILE`` does by default, a box the model left empty is segmented by the default
-    ``box_fallback`` (:func:`fill_empty_boxes`). One row per (seed, case), named :data:`BOX_PROMPTED`.
+    boxes=FILE`` does by default, every box gets the default ``box_fallback``'s lesion joined to the
+    model's (``box_union``; :func:`fill_empty_boxes`). One row per (seed, case), named :data:`BOX_PROMPTED`.
     """
     rows = []
     for case in read_test_cases(data_root):
@@ -564,8 +564,10 @@ def write_report(
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
     kind = "weak" if any(r.weak for r in runs) else "learned (none is weak)"
     note = (f"\n† `{BOX_PROMPTED}`: the best {kind} experiment, `{prompted}`, with its predictions kept inside the"
-            f" reference rows' tight test boxes, and a box it left empty segmented by `box_fallback={DEFAULT_FALLBACK}`"
-            " (`predict.py boxes=FILE`): the semi-automatic use.\n")
+            " reference rows' tight test boxes, "
+            + (f"each box's `box_fallback={DEFAULT_FALLBACK}` lesion joined to the model's (`box_union=true`)" if DEFAULT_UNION
+               else f"and a box it left empty segmented by `box_fallback={DEFAULT_FALLBACK}`")
+            + " (`predict.py boxes=FILE`): the semi-automatic use.\n")
     learned = [name for name in experiments_in_order(rows) if name not in REFERENCE_ROWS]
     comparisons = (
         "\n## Paired differences\n\nDice, over the (test case, seed) results both rows have (a reference row"

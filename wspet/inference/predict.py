@@ -39,7 +39,7 @@ from wspet.io import publish, save_nifti, write_csv
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, format_table, mean_metrics
 from wspet.model.module import LesionSegmenter
 from wspet.model.precision import denormals_flushed
-from wspet.postprocess.box_prompt import DEFAULT_FALLBACK, check_fallback, fill_empty_boxes
+from wspet.postprocess.box_prompt import DEFAULT_FALLBACK, DEFAULT_UNION, check_fallback, fill_empty_boxes
 
 log = logging.getLogger(__name__)
 
@@ -441,8 +441,8 @@ def box_prompts(path: str | None, jobs: list[PredictionJob]) -> dict[str, list[B
 
 
 def prompted_mask(mask: np.ndarray, image: Volume, boxes: list[Box], job: PredictionJob, source: str,
-                  fallback: str = DEFAULT_FALLBACK, union: bool = False) -> np.ndarray:
-    """``mask`` kept inside ``boxes``, a box the model left empty (every box with ``union``) segmented by
+                  fallback: str = DEFAULT_FALLBACK, union: bool = DEFAULT_UNION) -> np.ndarray:
+    """``mask`` kept inside ``boxes``, a box the model left empty (every box with ``union``, the default) segmented by
     ``fallback`` (:func:`wspet.postprocess.box_prompt.fill_empty_boxes`), each empty box logged as a warning; a box
     outside the scan is refused naming the box file, case and box."""
     try:
@@ -484,7 +484,7 @@ def _predict(cfg: DictConfig) -> list[Path]:
         report.raise_if_problems()
     prompts = box_prompts(cfg.get("boxes"), jobs)
     fallback = check_fallback(cfg.get("box_fallback", DEFAULT_FALLBACK))
-    union = cfg.get("box_union", False)
+    union = cfg.get("box_union", DEFAULT_UNION)
     if not isinstance(union, bool):
         raise ValueError(f"box_union={union!r} is not true or false")
     model = load_model(cfg.ckpt, choose_device(cfg.device))
