@@ -26,17 +26,27 @@ REPO = Path(__file__).resolve().parents[2]
 AFFINE = np.array([[-4.0, 0, 0, 100.0], [0, -4.0, 0, 80.0], [0, 0, 3.27, -500.0], [0, 0, 0, 1]])
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def untrained_checkpoint(path: Path, seed: int) -> Path:
+    """A small untrained U-Net saved as train.py saves one; other seeds give other weights."""
     import lightning as L
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = LesionSegmenter(net={"features": [4, 8, 16]}, loss={"_target_": "wspet.losses.DiceLoss"})
     trainer = L.Trainer(max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     trainer.strategy.connect(model)
-    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt", seed=0)
+
+
+@pytest.fixture(scope="module")
+def second_checkpoint(tmp_path_factory) -> Path:
+    """An ensemble's second member: the same network, other weights."""
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "second.ckpt", seed=1)
 
 
 @pytest.fixture
@@ -648,3 +658,45 @@ def test_box_prompts_join_each_box_lesion_to_the_model_by_default(checkpoint, ti
         assert np.array_equal(alone, sliver)  # box_union=false: a box the model found something in keeps it alone
         assert np.array_equal(joined, fill_empty_boxes(sliver, image.array, boxes[case.name], union=True)[0])
         assert (joined & label).sum() > 10 * (alone & label).sum()  # the default delineates the lesions
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def test_a_list_of_checkpoints_predicts_with_their_mean_probability(checkpoint, second_checkpoint, scan, tmp_path):
+    from tests.conftest import compose_config
+    from wspet.inference.predict import load_model
+    from wspet.inference.sliding_window import predict_probabilities
+
+    image = nib.load(scan)
+    array = np.asarray(image.dataobj, dtype=np.float32)
+    each = [predict_probabilities(load_model(path, torch.device("cpu")), array, image.affine, (16, 16, 16), (4, 4, 4))
+            for path in (checkpoint, second_checkpoint)]
+    threshold = float(np.median(np.mean(each, axis=0)))  # a threshold that splits this untrained pair's answer
+    cfg = predict_config(checkpoint, scan, tmp_path / "out", lesions_csv=False, mip_png=False, threshold=threshold)
+    cfg.ckpt = compose_config("predict", [f"ckpt=[{checkpoint},{second_checkpoint}]"]).ckpt  # as on the command line
+    mask = np.asarray(nib.load(predict(cfg)[0]).dataobj).astype(bool)
+    assert np.array_equal(mask, np.mean(each, axis=0) > threshold)
+    assert not np.array_equal(mask, each[0] > threshold) and not np.array_equal(mask, each[1] > threshold)
+
+
+@pytest.mark.parametrize("ckpt, message", [
+    ([], r"ckpt=\[\] is not a checkpoint path or a non-empty list of them"),
+    ([3], r"ckpt=\[3\] is not a checkpoint path"),
+    ("twice", "more than once; an ensemble takes each model once"),
+])
+def test_a_bad_list_of_checkpoints_is_refused_before_anything_is_written(checkpoint, scan, tmp_path, ckpt, message):
+    cfg = predict_config(checkpoint, scan, tmp_path / "out")
+    cfg.ckpt = [str(checkpoint), str(checkpoint.parent / "." / checkpoint.name)] if ckpt == "twice" else ckpt
+    with pytest.raises(ValueError, match=message):
+        predict(cfg)
+    assert not (tmp_path / "out" / "patient 1_mask.nii.gz").exists()
+
+
+def test_a_broken_member_of_an_ensemble_is_named(checkpoint, scan, tmp_path):
+    garbage = tmp_path / "member2.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    cfg = predict_config(checkpoint, scan, tmp_path / "out")
+    cfg.ckpt = [str(checkpoint), str(garbage)]
+    with pytest.raises(ValueError, match="member2.ckpt: not a readable PyTorch checkpoint"):
+        predict(cfg)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from wspet.data.format import Volume
 from wspet.inference.sliding_window import (
-    DEFAULT_OVERLAP, DEFAULT_WINDOW, fit_window, gaussian_importance, predict_probabilities, sliding_window, warn_if_spacing_differs, window_starts,
+    DEFAULT_OVERLAP, DEFAULT_WINDOW, fit_window, gaussian_importance, predict_mask, predict_probabilities, sliding_window,
+    warn_if_spacing_differs, window_starts,
 )
 from wspet.model.module import LesionSegmenter
 
@@ -239,3 +240,33 @@ def test_a_scan_far_off_the_training_spacing_is_warned_about(trained, scan, prep
         assert "lesions will look smaller" in caplog.text
     else:
         assert caplog.text == ""
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def test_an_ensemble_thresholds_the_mean_of_its_models_probabilities():
+    image = np.random.default_rng(2).gamma(2.0, 0.5, size=(16, 16, 16)).astype(np.float32)
+    models = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        models.append(LesionSegmenter(net={"features": [4, 8]}, loss={"_target_": "wspet.losses.DiceLoss"}))
+    each = [predict_probabilities(m, image, np.eye(4), window=(16, 16, 16), overlap=(0, 0, 0)) for m in models]
+    threshold = float(np.median(np.mean(each, axis=0)))  # splits the volume, whatever the random weights give
+    mask = predict_mask(models, Volume(image, np.eye(4), Path("scan.nii.gz")), window=(16, 16, 16),
+                        overlap=(0, 0, 0), threshold=threshold)
+    assert np.array_equal(mask, np.mean(each, axis=0) > threshold)
+    assert 0 < mask.sum() < mask.size
+    assert not all(np.array_equal(mask, e > threshold) for e in each)  # not any one model's answer
+
+
+def test_one_model_and_an_ensemble_of_it_alone_agree():
+    image = np.random.default_rng(3).gamma(2.0, 0.5, size=(16, 16, 16)).astype(np.float32)
+    model = tiny_model()
+    volume_ = Volume(image, np.eye(4), Path("scan.nii.gz"))
+    threshold = float(np.median(predict_probabilities(model, image, np.eye(4), (16, 16, 16), (0, 0, 0))))
+    single = predict_mask(model, volume_, window=(16, 16, 16), overlap=(0, 0, 0), threshold=threshold)
+    assert np.array_equal(single, predict_mask([model], volume_, window=(16, 16, 16), overlap=(0, 0, 0),
+                                               threshold=threshold))
+    with pytest.raises(ValueError, match="no model to predict with"):
+        predict_mask([], volume_)

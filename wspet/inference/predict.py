@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np
 import pydicom
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
@@ -245,6 +246,26 @@ def choose_device(name: str) -> torch.device:
 
 def load_model(checkpoint: str | Path, device: torch.device) -> LesionSegmenter:
     return LesionSegmenter.from_checkpoint(checkpoint, map_location=device).eval()
+
+
+def load_models(ckpt: str | Path | Sequence, device: torch.device) -> list[LesionSegmenter]:
+    """The model of ``ckpt``, or one per file of a list of them (an ensemble, averaged by ``predict_mask``).
+
+    Every file is read (weights-only) before any scan is; ValueError for an empty list, a value
+    that is not a path, or the same file twice (it would weigh double).
+    """
+    paths = [ckpt] if isinstance(ckpt, (str, Path)) else list(ckpt) if isinstance(ckpt, Sequence) else None
+    if not paths or not all(isinstance(path, (str, Path)) and str(path) for path in paths):
+        raise ValueError(f"ckpt={ckpt!r} is not a checkpoint path or a non-empty list of them")
+    resolved = [Path(path).resolve() for path in paths]
+    twice = sorted({str(path) for path in paths if resolved.count(Path(path).resolve()) > 1})
+    if twice:
+        raise ValueError(f"ckpt lists {', '.join(twice)} more than once; an ensemble takes each model once")
+    models = [load_model(path, device) for path in paths]
+    if len(models) > 1:
+        log.info("ensemble of %d models: their probabilities are averaged (%s)", len(models),
+                 ", ".join(str(path) for path in paths))
+    return models
 
 
 def load_volume(job: PredictionJob) -> Volume:
@@ -487,17 +508,19 @@ def _predict(cfg: DictConfig) -> list[Path]:
     union = cfg.get("box_union", DEFAULT_UNION)
     if not isinstance(union, bool):
         raise ValueError(f"box_union={union!r} is not true or false")
-    model = load_model(cfg.ckpt, choose_device(cfg.device))
+    models = load_models(OmegaConf.to_object(cfg.ckpt) if OmegaConf.is_config(cfg.ckpt) else cfg.ckpt,
+                         choose_device(cfg.device))
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
     progress = bool(cfg.get("progress", True))
     written, scores = [], []
     for job in tqdm(jobs, desc="predicting", unit="scan", disable=not progress):
         image = load_volume(job)
-        model.preprocessing.check_grid(image.array.shape, image.affine, job.image)  # before any big allocation
+        for model in models:  # before any big allocation
+            model.preprocessing.check_grid(image.array.shape, image.affine, job.image)
         label_path = (labels or {}).get(job.name)
         # a bad label fails before the prediction
         label = None if label_path is None else load_case_label(label_path, image, job, cfg.get("segments"))
-        mask = predict_mask(model, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size,
+        mask = predict_mask(models, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size,
                             progress=progress)
         if prompts is not None:
             mask = prompted_mask(mask, image, prompts[job.name], job, cfg.boxes, fallback, union)

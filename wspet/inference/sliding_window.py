@@ -222,7 +222,7 @@ def warn_if_spacing_differs(model: LesionSegmenter, image: Volume) -> bool:
 
 
 def predict_mask(
-    model: LesionSegmenter,
+    model: LesionSegmenter | Sequence[LesionSegmenter],
     image: Volume,
     postprocess: PostProcess | None = None,
     window: Sequence[int] = DEFAULT_WINDOW,
@@ -233,13 +233,24 @@ def predict_mask(
 ) -> np.ndarray:
     """Binary lesion mask ``(I, J, K)`` for ``image``: probabilities > ``threshold``, post-processed.
 
-    Logs a warning naming the file when the model works at native spacing and ``image``'s spacing
+    ``model`` may be several models (an ensemble, as nnU-Net's folds): their probabilities, each
+    prepared and resampled back by its own model's preprocessing, are averaged before the
+    threshold. Memory holds one extra float32 volume for the running sum, whatever their number.
+
+    Logs a warning naming the file when a model works at native spacing and ``image``'s spacing
     is off the training volumes' median by more than :data:`SPACING_WARNING_RATIO` on an axis.
     ``progress``: a bar of the windows (:func:`sliding_window`).
     """
-    warn_if_spacing_differs(model, image)
-    probs = predict_probabilities(model, image.array, image.affine, window, overlap, batch_size, progress=progress)
-    mask = probs > threshold
+    models = [model] if isinstance(model, LesionSegmenter) else list(model)
+    if not models:
+        raise ValueError("no model to predict with")
+    probs = None
+    for member in models:
+        warn_if_spacing_differs(member, image)
+        member_probs = predict_probabilities(member, image.array, image.affine, window, overlap, batch_size,
+                                             progress=progress)
+        probs = member_probs if probs is None else np.add(probs, member_probs, out=probs)
+    mask = probs > threshold * len(models)
     del probs
     if postprocess is not None:
         mask = postprocess(mask, image.array, image.spacing)
