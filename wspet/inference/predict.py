@@ -24,7 +24,7 @@ import numpy as np
 import pydicom
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
@@ -248,17 +248,19 @@ def load_model(checkpoint: str | Path, device: torch.device) -> LesionSegmenter:
     return LesionSegmenter.from_checkpoint(checkpoint, map_location=device).eval()
 
 
-def load_models(ckpt: str | Path | Sequence, device: torch.device) -> list[LesionSegmenter]:
+def load_models(ckpt: str | Path | Sequence | ListConfig, device: torch.device) -> list[LesionSegmenter]:
     """The model of ``ckpt``, or one per file of a list of them (an ensemble, averaged by ``predict_mask``).
 
     Every file is read (weights-only) before any scan is; ValueError for an empty list, a value
     that is not a path, or the same file twice (it would weigh double).
     """
+    if OmegaConf.is_config(ckpt):
+        ckpt = OmegaConf.to_object(ckpt)  # ckpt=[a,b] on the command line
     paths = [ckpt] if isinstance(ckpt, (str, Path)) else list(ckpt) if isinstance(ckpt, Sequence) else None
     if not paths or not all(isinstance(path, (str, Path)) and str(path) for path in paths):
         raise ValueError(f"ckpt={ckpt!r} is not a checkpoint path or a non-empty list of them")
     resolved = [Path(path).resolve() for path in paths]
-    twice = sorted({str(path) for path in paths if resolved.count(Path(path).resolve()) > 1})
+    twice = sorted({str(path) for path, real in zip(paths, resolved) if resolved.count(real) > 1})
     if twice:
         raise ValueError(f"ckpt lists {', '.join(twice)} more than once; an ensemble takes each model once")
     models = [load_model(path, device) for path in paths]
@@ -508,8 +510,7 @@ def _predict(cfg: DictConfig) -> list[Path]:
     union = cfg.get("box_union", DEFAULT_UNION)
     if not isinstance(union, bool):
         raise ValueError(f"box_union={union!r} is not true or false")
-    models = load_models(OmegaConf.to_object(cfg.ckpt) if OmegaConf.is_config(cfg.ckpt) else cfg.ckpt,
-                         choose_device(cfg.device))
+    models = load_models(cfg.ckpt, choose_device(cfg.device))
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
     progress = bool(cfg.get("progress", True))
     written, scores = [], []
