@@ -217,3 +217,11 @@ def test_a_stored_stage_is_reused_while_its_bytes_match(train_config, clean_chec
     with caplog.at_level(logging.WARNING):
         assert cached_stage(cfg, tmp_path / "other", None, "dice") is None
     assert "differs from the recorded" in caplog.text
+
+
+@pytest.mark.parametrize("flips", [[0, 7], "auto", [[0]], {"_target_": "os.system"}])
+def test_bad_training_flips_in_a_checkpoint_are_refused_by_file_and_value(clean_checkpoint, tmp_path, flips):
+    path = _with_hparams(clean_checkpoint, tmp_path / "flips.ckpt", training_flips=flips)
+    with pytest.raises(ValueError, match=r"flips.ckpt: hyper-parameters do not build a wspet model: the checkpoint's "
+                                         r"training_flips .* are not distinct volume axes"):
+        LesionSegmenter.from_checkpoint(path)

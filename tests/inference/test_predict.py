@@ -700,3 +700,32 @@ def test_a_broken_member_of_an_ensemble_is_named(checkpoint, scan, tmp_path):
     cfg.ckpt = [str(checkpoint), str(garbage)]
     with pytest.raises(ValueError, match="member2.ckpt: not a readable PyTorch checkpoint"):
         predict(cfg)
+
+
+# --------------------------------------------------------------------------- test-time mirroring
+
+
+def test_mirror_axes_from_the_command_line_average_the_flipped_scans(checkpoint, scan, tmp_path):
+    from tests.conftest import compose_config
+    from wspet.inference.predict import load_model
+    from wspet.inference.sliding_window import predict_probabilities
+
+    image = nib.load(scan)
+    array = np.asarray(image.dataobj, dtype=np.float32)
+    model = load_model(checkpoint, torch.device("cpu"))
+    plain = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4))
+    mirrored = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4), mirror_axes=(0, 2))
+    threshold = float(np.median(mirrored))
+    cfg = predict_config(checkpoint, scan, tmp_path / "out", lesions_csv=False, mip_png=False, threshold=threshold)
+    cfg.mirror_axes = compose_config("predict", ["mirror_axes=[2,0]"]).mirror_axes  # as on the command line
+    mask = np.asarray(nib.load(predict(cfg)[0]).dataobj).astype(bool)
+    assert np.array_equal(mask, mirrored > threshold)
+    assert not np.array_equal(mask, plain > threshold)
+
+
+@pytest.mark.parametrize("value", [[3], [0, 0], "02", 2])
+def test_bad_mirror_axes_are_refused_before_anything_is_written(checkpoint, scan, tmp_path, value):
+    cfg = predict_config(checkpoint, scan, tmp_path / "out", mirror_axes=value)
+    with pytest.raises(ValueError, match="mirror_axes .* needs auto or a list of distinct volume axes among 0, 1, 2"):
+        predict(cfg)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

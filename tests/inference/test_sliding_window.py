@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from wspet.data.format import Volume
 from wspet.inference.sliding_window import (
-    DEFAULT_OVERLAP, DEFAULT_WINDOW, fit_window, gaussian_importance, predict_mask, predict_probabilities, sliding_window,
-    warn_if_spacing_differs, window_starts,
+    DEFAULT_OVERLAP, DEFAULT_WINDOW, fit_window, gaussian_importance, mirrored, predict_mask,
+    predict_probabilities, sliding_window, warn_if_spacing_differs, window_starts,
 )
 from wspet.model.module import LesionSegmenter
 
@@ -270,3 +270,46 @@ def test_one_model_and_an_ensemble_of_it_alone_agree():
                                                threshold=threshold))
     with pytest.raises(ValueError, match="no model to predict with"):
         predict_mask([], volume_)
+
+
+# --------------------------------------------------------------------------- test-time mirroring
+
+
+def ramp_along(dim: int):
+    """A window function whose output is its voxels' index along ``dim`` of ``(B, 1, I, J, K)``."""
+    def fn(batch):
+        shape = [1] * batch.ndim
+        shape[dim] = batch.shape[dim]
+        return torch.zeros_like(batch) + torch.arange(batch.shape[dim], dtype=batch.dtype).reshape(shape)
+    return fn
+
+
+def test_mirroring_averages_each_flip_flipped_back_along_the_right_axis():
+    batch = torch.zeros(2, 1, 4, 6, 8)
+    # mirrored along volume axis 0 (tensor dim 2): index i and its mirror 3 - i average to 1.5
+    assert torch.allclose(mirrored(ramp_along(2), (0,))(batch), torch.full_like(batch, 1.5))
+    # mirrored along the other axes only: the ramp along axis 0 is untouched
+    assert torch.equal(mirrored(ramp_along(2), (1, 2))(batch), ramp_along(2)(batch))
+    assert torch.allclose(mirrored(ramp_along(4), (0, 2))(batch), torch.full_like(batch, 3.5))
+
+
+@pytest.mark.parametrize("axes, passes", [((), 1), ((2,), 2), ((0, 2), 4), ((0, 1, 2), 8)])
+def test_mirroring_costs_one_pass_per_subset_of_its_axes(axes, passes):
+    calls = []
+    fn = mirrored(lambda b: calls.append(b.clone()) or torch.zeros_like(b), axes)
+    fn(torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 1, 2, 3, 4))
+    assert len(calls) == passes
+    assert len({c.numpy().tobytes() for c in calls}) == passes  # each pass a different view
+
+
+def test_mirrored_prediction_is_the_mean_of_the_flipped_scans_predictions():
+    image = np.random.default_rng(4).gamma(2.0, 0.5, size=(16, 16, 16)).astype(np.float32)
+    model = tiny_model()
+    predict = functools.partial(predict_probabilities, model, affine=np.eye(4), window=(16, 16, 16), overlap=(0, 0, 0))
+    plain = predict(image)
+    expected = (plain + predict(image[:, :, ::-1].copy())[:, :, ::-1]) / 2
+    got = predict(image, mirror_axes=[2])
+    assert np.allclose(got, expected, atol=1e-6)
+    assert not np.allclose(got, plain, atol=1e-4)  # the random net is not mirror-symmetric
+    with pytest.raises(ValueError, match="mirror_axes"):
+        predict(image, mirror_axes=[5])

@@ -140,3 +140,27 @@ def test_mixed_spacings_train_after_resampling_and_predict_on_each_native_grid(t
         mask = nib.load(str(tmp_path / "resampled" / "predictions" / f"{case}_mask.nii.gz"))
         image = nib.load(str(root / "imagesTs" / f"{case}.nii.gz"))
         assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
+
+
+def test_bad_evaluation_mirror_axes_are_refused_before_training(train_config, tmp_path):
+    cfg = train_config(tmp_path, ["evaluate.mirror_axes=[0,3]", "trainer.fast_dev_run=1"])
+    with pytest.raises(ValueError, match=r"mirror_axes \[0, 3\] needs auto or a list of distinct volume axes"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_evaluation_mirrors_the_test_scans_when_asked(train_config, tmp_path, monkeypatch):
+    import wspet.evaluation.evaluate as evaluate
+
+    seen = []
+    real = evaluate.predict_mask
+    monkeypatch.setattr(evaluate, "predict_mask", lambda *a, **kw: seen.append(kw["mirror_axes"]) or real(*a, **kw))
+    train(train_config(tmp_path, ["evaluate.mirror_axes=[2,0]", "trainer.fast_dev_run=1"]))
+    assert [tuple(axes) for axes in seen] == [(2, 0), (2, 0)]  # both test cases
+
+
+@pytest.mark.parametrize("overrides, flips", [([], [0, 2]), (["data.flip_axes=[1]"], [1]), (["data.flip_probability=0"], [])])
+def test_the_checkpoint_records_the_flips_training_saw(train_config, tmp_path, overrides, flips):
+    summary = train(train_config(tmp_path, [*overrides, "trainer.fast_dev_run=1", "evaluate.split=none"]))
+    checkpoint = torch.load(summary["checkpoint"], weights_only=True)
+    assert checkpoint["hyper_parameters"]["training_flips"] == flips

@@ -28,17 +28,19 @@ def evaluate_cases(
     window: Sequence[int] = DEFAULT_WINDOW,
     overlap: Sequence[int] = DEFAULT_OVERLAP,
     threshold: float = 0.5,
+    mirror_axes: Sequence[int] = (),
 ) -> list[dict]:
     """Predict every case, write ``out_dir/predictions/<case>_mask.nii.gz`` and ``test_metrics.csv``.
 
     Returns one row per case (``case`` and :data:`METRIC_NAMES`); cases without a label get
-    a mask but no metrics. Masks keep each input's affine and header.
+    a mask but no metrics. Masks keep each input's affine and header. ``mirror_axes``: test-time
+    mirroring, as ``predict.py``'s (``wspet.inference.sliding_window.mirrored``).
     """
     out_dir = Path(out_dir)
     rows = []
     for case in cases:
         image = load_image(case.image)
-        mask = predict_mask(model, image, postprocess, window, overlap, threshold)
+        mask = predict_mask(model, image, postprocess, window, overlap, threshold, mirror_axes=mirror_axes)
         save_nifti(mask.astype(np.uint8), image.affine, out_dir / "predictions" / f"{case.name}_mask.nii.gz", like=image.path)
         if case.label is None:
             continue

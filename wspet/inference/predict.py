@@ -36,6 +36,7 @@ from wspet.datasets.seg import SeriesGrid, read_seg_mask, series_frame_of_refere
 from wspet.inference.measurements import LESION_COLUMNS, describe, lesion_table
 from wspet.inference.mip import save_mip_png
 from wspet.inference.sliding_window import predict_mask
+from wspet.model.flips import check_mirror_axes
 from wspet.io import publish, save_nifti, write_csv
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, format_table, mean_metrics
 from wspet.model.module import LesionSegmenter
@@ -510,6 +511,7 @@ def _predict(cfg: DictConfig) -> list[Path]:
     union = cfg.get("box_union", DEFAULT_UNION)
     if not isinstance(union, bool):
         raise ValueError(f"box_union={union!r} is not true or false")
+    mirror_axes = check_mirror_axes(cfg.get("mirror_axes", ()))
     models = load_models(cfg.ckpt, choose_device(cfg.device))
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
     progress = bool(cfg.get("progress", True))
@@ -522,7 +524,7 @@ def _predict(cfg: DictConfig) -> list[Path]:
         # a bad label fails before the prediction
         label = None if label_path is None else load_case_label(label_path, image, job, cfg.get("segments"))
         mask = predict_mask(models, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size,
-                            progress=progress)
+                            progress=progress, mirror_axes=mirror_axes)
         if prompts is not None:
             mask = prompted_mask(mask, image, prompts[job.name], job, cfg.boxes, fallback, union)
         written += write_outputs(job, image, mask, overwrite=cfg.overwrite, output_format=output_format)

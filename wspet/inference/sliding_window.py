@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from wspet.data.check import spacing_text
 from wspet.data.format import Volume
+from wspet.model.flips import AUTO_MIRROR, check_mirror_axes, model_mirror_axes
 from wspet.model.module import LesionSegmenter
 from wspet.model.precision import AUTO, resolve_precision
 
@@ -42,6 +43,29 @@ DEFAULT_OVERLAP = (32, 32, 16)
 SPACING_WARNING_RATIO = 1.2  # as the data check's max_spacing_ratio
 
 log = logging.getLogger(__name__)
+
+
+def mirrored(fn: WindowFn, mirror_axes: Sequence[int]) -> WindowFn:
+    """``fn`` averaged over every mirroring of its ``(B, 1, I, J, K)`` input along subsets of
+    ``mirror_axes`` (volume axes), each output flipped back: nnU-Net's test-time mirroring.
+
+    ``2 ** len(mirror_axes)`` forward passes per batch; ``()`` returns ``fn`` itself. The network
+    saw these flips in training (``data.flip_axes``), so each pass is a view it was taught.
+    """
+    axes = check_mirror_axes(mirror_axes)
+    if axes == AUTO_MIRROR:
+        raise ValueError("mirrored() needs the axes themselves; model_mirror_axes resolves auto")
+    if not axes:
+        return fn
+    flips = [[a + 2 for a in subset] for n in range(1, len(axes) + 1) for subset in itertools.combinations(axes, n)]
+
+    def averaged(batch: torch.Tensor) -> torch.Tensor:
+        total = fn(batch).float()
+        for dims in flips:
+            total += torch.flip(fn(torch.flip(batch, dims)).float(), dims)
+        return total / (len(flips) + 1)
+
+    return averaged
 
 
 def check_window(window: Sequence[int], overlap: Sequence[int], divisor: int = 1) -> tuple[tuple, tuple]:
@@ -168,6 +192,7 @@ def predict_probabilities(
     batch_size: int = 2,
     precision: str = AUTO,
     progress: bool = False,
+    mirror_axes: str | Sequence[int] = (),
 ) -> np.ndarray:
     """Lesion probabilities ``(I, J, K)`` float32 for a PET volume ``(I, J, K)`` in SUV.
 
@@ -182,11 +207,14 @@ def predict_probabilities(
     ``precision`` is resolved as the trainer's (:func:`wspet.model.precision.resolve_precision`): with
     ``auto``, the network runs under bf16 autocast on CPUs with AVX512-BF16 or AMX and on GPUs
     with bf16, in float32 elsewhere; the probabilities and their blending stay float32.
-    ``progress``: a bar of the windows (:func:`sliding_window`).
+    ``progress``: a bar of the windows (:func:`sliding_window`). ``mirror_axes``: test-time
+    mirroring along these volume axes, or ``auto`` along the model's training flips
+    (:func:`model_mirror_axes`, :func:`mirrored`), ``2 ** len(axes)`` times the cost.
     """
     if image.ndim != 3:
         raise ValueError(f"image shape {image.shape} is not 3D")
     check_window(window, overlap, model.net.divisor)
+    mirror_axes = model_mirror_axes(model, mirror_axes)
     model.eval()
     prepare = model.preprocessing
     network_image, network_affine = prepare.to_network_grid(image, affine)
@@ -199,8 +227,8 @@ def predict_probabilities(
         with torch.autocast(device, dtype=choice.autocast_dtype, enabled=choice.autocast_dtype is not None):
             return model(batch)
 
-    probs = sliding_window(forward, prepare.normalise(network_image), window, overlap, batch_size, model.device,
-                           progress=progress)
+    probs = sliding_window(mirrored(forward, mirror_axes), prepare.normalise(network_image), window, overlap,
+                           batch_size, model.device, progress=progress)
     return prepare.to_native_grid(probs, network_affine, image.shape, affine)
 
 
@@ -230,6 +258,7 @@ def predict_mask(
     threshold: float = 0.5,
     batch_size: int = 2,
     progress: bool = False,
+    mirror_axes: str | Sequence[int] = (),
 ) -> np.ndarray:
     """Binary lesion mask ``(I, J, K)`` for ``image``: probabilities > ``threshold``, post-processed.
 
@@ -239,7 +268,8 @@ def predict_mask(
 
     Logs a warning naming the file when a model works at native spacing and ``image``'s spacing
     is off the training volumes' median by more than :data:`SPACING_WARNING_RATIO` on an axis.
-    ``progress``: a bar of the windows (:func:`sliding_window`).
+    ``progress``: a bar of the windows (:func:`sliding_window`); ``mirror_axes``: test-time
+    mirroring (:func:`mirrored`).
     """
     models = [model] if isinstance(model, LesionSegmenter) else list(model)
     if not models:
@@ -248,7 +278,7 @@ def predict_mask(
     for member in models:
         warn_if_spacing_differs(member, image)
         member_probs = predict_probabilities(member, image.array, image.affine, window, overlap, batch_size,
-                                             progress=progress)
+                                             progress=progress, mirror_axes=mirror_axes)
         probs = member_probs if probs is None else np.add(probs, member_probs, out=probs)
     mask = probs > threshold * len(models)
     del probs

@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 
 from wspet.data.preprocessing import Preprocessing
 from wspet.model.checkpoint import check_target, load_checkpoint, loss_classes
+from wspet.model.flips import AUTO_MIRROR, model_mirror_axes
 from wspet.model.lr_schedule import lr_schedule
 from wspet.model.unet3d import UNet3D
 
@@ -24,6 +25,7 @@ FULL_SHARE = 0.5
 
 ARGUMENTS = (
     "net", "loss", "supervision", "optimizer", "channels_last", "preprocessing", "training_spacing", "scheduler",
+    "training_flips",
 )
 
 
@@ -45,6 +47,9 @@ class LesionSegmenter(L.LightningModule):
         scheduler: ``name``, ``warmup_steps`` (and ``power``) of
             :func:`~wspet.model.lr_schedule.lr_schedule`, stepped every optimiser step over the
             trainer's step budget; ``None`` keeps the learning rate constant.
+        training_flips: the volume axes that training's augmentation flipped (``data.flip_axes``;
+            empty when ``flip_probability`` is 0), so that test-time mirroring (``mirror_axes: auto``)
+            shows the network only views it was taught (``None``: unknown, an older checkpoint).
         init_from: a checkpoint whose network weights start training (the paper's second stage);
             its network config must equal ``net``. Not saved in the checkpoint.
 
@@ -65,12 +70,13 @@ class LesionSegmenter(L.LightningModule):
         preprocessing: dict | None = None,
         training_spacing: list[float] | None = None,
         scheduler: dict | None = None,
+        training_flips: list[int] | None = None,
         init_from: str | Path | None = None,
     ) -> None:
         super().__init__()
         # Built by Hydra, these may arrive as config containers; the checkpoint must hold plain values.
-        net, loss, optimizer, scheduler, preprocessing, training_spacing = (
-            _plain(v) for v in (net, loss, optimizer, scheduler, preprocessing, training_spacing)
+        net, loss, optimizer, scheduler, preprocessing, training_spacing, training_flips = (
+            _plain(v) for v in (net, loss, optimizer, scheduler, preprocessing, training_spacing, training_flips)
         )
         self.save_hyperparameters(ignore=["init_from"])
         self.preprocessing = Preprocessing.from_dict(preprocessing)
@@ -156,7 +162,7 @@ class LesionSegmenter(L.LightningModule):
         against the allow-lists); the loss is not built, since predicting needs none. Raises
         FileNotFoundError for a missing file and ValueError naming the file when it is not a
         readable weights-only checkpoint, not a wspet checkpoint, names a loss or optimizer outside
-        the allow-lists, or its weights do not fit its network config (missing and unexpected keys
+        the allow-lists, holds bad ``training_flips``, or its weights do not fit its network config (missing and unexpected keys
         are listed).
         """
         checkpoint = load_checkpoint(path, map_location)
@@ -164,6 +170,7 @@ class LesionSegmenter(L.LightningModule):
         arguments = {k: v for k, v in hparams.items() if k in ARGUMENTS and k != "loss"}
         try:
             model = cls(loss=None, **arguments)
+            model_mirror_axes(model, AUTO_MIRROR)  # its training flips, read by test-time mirroring
         except (TypeError, ValueError) as error:  # e.g. an unknown U-Net argument
             raise ValueError(f"{path}: hyper-parameters do not build a wspet model: {error}") from None
         try:

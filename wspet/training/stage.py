@@ -56,6 +56,7 @@ def build_model(cfg: DictConfig, init_from: str | None, data: PetDataModule) -> 
         supervision=cfg.loss.supervision,
         preprocessing=data.preprocessing.as_dict(),
         training_spacing=data.median_spacing(),
+        training_flips=list(data.flip_axes) if data.flip_probability > 0 else [],
         init_from=init_from,
         _recursive_=False,
     )
@@ -201,4 +202,5 @@ def evaluate_stage(cfg: DictConfig, checkpoint: Path, stage_dir: Path) -> list[d
     return evaluate_cases(
         model, cases, stage_dir, postprocess=postprocess,
         window=cfg.evaluate.window, overlap=cfg.evaluate.overlap, threshold=cfg.evaluate.threshold,
+        mirror_axes=cfg.evaluate.get("mirror_axes", ()),
     )
