@@ -729,3 +729,42 @@ def test_bad_mirror_axes_are_refused_before_anything_is_written(checkpoint, scan
     with pytest.raises(ValueError, match="mirror_axes .* needs auto or a list of distinct volume axes among 0, 1, 2"):
         predict(cfg)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_auto_warns_by_name_for_a_checkpoint_without_training_flips_and_does_not_mirror(checkpoint, scan, tmp_path, caplog):
+    from wspet.inference.predict import load_model
+    from wspet.inference.sliding_window import predict_probabilities
+
+    image = nib.load(scan)
+    array = np.asarray(image.dataobj, dtype=np.float32)
+    model = load_model(checkpoint, torch.device("cpu"))
+    plain = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4))
+    mirrored = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4), mirror_axes=(0, 2))
+    threshold = float(np.median(mirrored))
+    cfg = predict_config(checkpoint, scan, tmp_path / "auto", lesions_csv=False, mip_png=False, threshold=threshold,
+                         mirror_axes="auto")
+    mask = np.asarray(nib.load(predict(cfg)[0]).dataobj).astype(bool)
+    assert f"{checkpoint} records no training flips" in caplog.text
+    assert caplog.text.count("records no training flips") == 1
+    assert np.array_equal(mask, plain > threshold) and not np.array_equal(mask, mirrored > threshold)
+
+
+def test_auto_mirrors_along_the_flips_the_checkpoint_records(checkpoint, scan, tmp_path, caplog):
+    from wspet.inference.predict import load_model
+    from wspet.inference.sliding_window import predict_probabilities
+
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["hyper_parameters"]["training_flips"] = [2]
+    flipped = tmp_path / "flipped.ckpt"
+    torch.save(saved, flipped)
+    image = nib.load(scan)
+    array = np.asarray(image.dataobj, dtype=np.float32)
+    model = load_model(flipped, torch.device("cpu"))
+    plain = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4))
+    mirrored = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4), mirror_axes=(2,))
+    threshold = float(np.median(mirrored))
+    cfg = predict_config(flipped, scan, tmp_path / "auto", lesions_csv=False, mip_png=False, threshold=threshold,
+                         mirror_axes="auto")
+    mask = np.asarray(nib.load(predict(cfg)[0]).dataobj).astype(bool)
+    assert np.array_equal(mask, mirrored > threshold) and not np.array_equal(mask, plain > threshold)
+    assert "records no training flips" not in caplog.text

@@ -36,7 +36,7 @@ from wspet.datasets.seg import SeriesGrid, read_seg_mask, series_frame_of_refere
 from wspet.inference.measurements import LESION_COLUMNS, describe, lesion_table
 from wspet.inference.mip import save_mip_png
 from wspet.inference.sliding_window import predict_mask
-from wspet.model.flips import check_mirror_axes
+from wspet.model.flips import AUTO_MIRROR, check_mirror_axes
 from wspet.io import publish, save_nifti, write_csv
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, format_table, mean_metrics
 from wspet.model.module import LesionSegmenter
@@ -269,6 +269,15 @@ def load_models(ckpt: str | Path | Sequence | ListConfig, device: torch.device) 
         log.info("ensemble of %d models: their probabilities are averaged (%s)", len(models),
                  ", ".join(str(path) for path in paths))
     return models
+
+
+def warn_unknown_flips(models: Sequence[LesionSegmenter]) -> None:
+    """Warn, naming the file, for each model that ``mirror_axes=auto`` will not mirror because its
+    checkpoint predates ``training_flips``: the user asked for mirroring and would not get it."""
+    for model in models:
+        if model.hparams.get("training_flips") is None:
+            log.warning("%s records no training flips (written before they were): mirror_axes=auto does not "
+                        "mirror it; name the axes, e.g. mirror_axes=[0,2], to mirror it", model.checkpoint_path)
 
 
 def load_volume(job: PredictionJob) -> Volume:
@@ -513,6 +522,8 @@ def _predict(cfg: DictConfig) -> list[Path]:
         raise ValueError(f"box_union={union!r} is not true or false")
     mirror_axes = check_mirror_axes(cfg.get("mirror_axes", ()))
     models = load_models(cfg.ckpt, choose_device(cfg.device))
+    if mirror_axes == AUTO_MIRROR:
+        warn_unknown_flips(models)
     postprocess = instantiate(cfg.postprocess.fn) if cfg.postprocess.get("fn") else None
     progress = bool(cfg.get("progress", True))
     written, scores = [], []

@@ -178,6 +178,7 @@ class LesionSegmenter(L.LightningModule):
         except RuntimeError as error:  # missing, unexpected or differently shaped weights
             first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
             raise ValueError(f"{path}: weights do not fit the network config net={hparams['net']}: {first}") from None
+        model.checkpoint_path = Path(path)  # for messages about this model
         return model.to(map_location)
 
     def load_network(self, path: str | Path) -> None:
