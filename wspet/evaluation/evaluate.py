@@ -28,7 +28,7 @@ def evaluate_cases(
     window: Sequence[int] = DEFAULT_WINDOW,
     overlap: Sequence[int] = DEFAULT_OVERLAP,
     threshold: float = 0.5,
-    mirror_axes: Sequence[int] = (),
+    mirror_axes: str | Sequence[int] = (),
 ) -> list[dict]:
     """Predict every case, write ``out_dir/predictions/<case>_mask.nii.gz`` and ``test_metrics.csv``.
 

@@ -36,9 +36,9 @@ from wspet.datasets.seg import SeriesGrid, read_seg_mask, series_frame_of_refere
 from wspet.inference.measurements import LESION_COLUMNS, describe, lesion_table
 from wspet.inference.mip import save_mip_png
 from wspet.inference.sliding_window import predict_mask
-from wspet.model.flips import AUTO_MIRROR, check_mirror_axes
 from wspet.io import publish, save_nifti, write_csv
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, format_table, mean_metrics
+from wspet.model.flips import AUTO_MIRROR, check_mirror_axes
 from wspet.model.module import LesionSegmenter
 from wspet.model.precision import denormals_flushed
 from wspet.postprocess.box_prompt import DEFAULT_FALLBACK, DEFAULT_UNION, check_fallback, fill_empty_boxes

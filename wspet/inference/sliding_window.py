@@ -49,8 +49,9 @@ def mirrored(fn: WindowFn, mirror_axes: Sequence[int]) -> WindowFn:
     """``fn`` averaged over every mirroring of its ``(B, 1, I, J, K)`` input along subsets of
     ``mirror_axes`` (volume axes), each output flipped back: nnU-Net's test-time mirroring.
 
-    ``2 ** len(mirror_axes)`` forward passes per batch; ``()`` returns ``fn`` itself. The network
-    saw these flips in training (``data.flip_axes``), so each pass is a view it was taught.
+    ``2 ** len(mirror_axes)`` forward passes per batch; ``()`` returns ``fn`` itself. Callers pass
+    the axes training flipped (``auto``, :func:`~wspet.model.flips.model_mirror_axes`): a flip the
+    network never saw in training cost Dice (docs/prediction.md).
     """
     axes = check_mirror_axes(mirror_axes)
     if axes == AUTO_MIRROR:

@@ -162,8 +162,8 @@ class LesionSegmenter(L.LightningModule):
         against the allow-lists); the loss is not built, since predicting needs none. Raises
         FileNotFoundError for a missing file and ValueError naming the file when it is not a
         readable weights-only checkpoint, not a wspet checkpoint, names a loss or optimizer outside
-        the allow-lists, holds bad ``training_flips``, or its weights do not fit its network config (missing and unexpected keys
-        are listed).
+        the allow-lists, holds bad ``training_flips``, or its weights do not fit its network config
+        (missing and unexpected keys are listed).
         """
         checkpoint = load_checkpoint(path, map_location)
         hparams = checkpoint["hyper_parameters"]
