@@ -2,6 +2,7 @@
 input's affine, lesion CSV, MIP picture, SUV volume), and refusal to overwrite any of them."""
 
 import csv
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -705,16 +706,22 @@ def test_a_broken_member_of_an_ensemble_is_named(checkpoint, scan, tmp_path):
 # --------------------------------------------------------------------------- test-time mirroring
 
 
-def test_mirror_axes_from_the_command_line_average_the_flipped_scans(checkpoint, scan, tmp_path):
-    from tests.conftest import compose_config
+def plain_and_mirrored(checkpoint, scan, axes):
+    """``checkpoint``'s probabilities on ``scan`` unmirrored and mirrored along ``axes``, as predict's test config."""
     from wspet.inference.predict import load_model
     from wspet.inference.sliding_window import predict_probabilities
 
     image = nib.load(scan)
     array = np.asarray(image.dataobj, dtype=np.float32)
     model = load_model(checkpoint, torch.device("cpu"))
-    plain = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4))
-    mirrored = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4), mirror_axes=(0, 2))
+    predict_ = functools.partial(predict_probabilities, model, array, image.affine, (16, 16, 16), (4, 4, 4))
+    return predict_(), predict_(mirror_axes=axes)
+
+
+def test_mirror_axes_from_the_command_line_average_the_flipped_scans(checkpoint, scan, tmp_path):
+    from tests.conftest import compose_config
+
+    plain, mirrored = plain_and_mirrored(checkpoint, scan, (0, 2))
     threshold = float(np.median(mirrored))
     cfg = predict_config(checkpoint, scan, tmp_path / "out", lesions_csv=False, mip_png=False, threshold=threshold)
     cfg.mirror_axes = compose_config("predict", ["mirror_axes=[2,0]"]).mirror_axes  # as on the command line
@@ -732,14 +739,7 @@ def test_bad_mirror_axes_are_refused_before_anything_is_written(checkpoint, scan
 
 
 def test_auto_warns_by_name_for_a_checkpoint_without_training_flips_and_does_not_mirror(checkpoint, scan, tmp_path, caplog):
-    from wspet.inference.predict import load_model
-    from wspet.inference.sliding_window import predict_probabilities
-
-    image = nib.load(scan)
-    array = np.asarray(image.dataobj, dtype=np.float32)
-    model = load_model(checkpoint, torch.device("cpu"))
-    plain = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4))
-    mirrored = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4), mirror_axes=(0, 2))
+    plain, mirrored = plain_and_mirrored(checkpoint, scan, (0, 2))
     threshold = float(np.median(mirrored))
     cfg = predict_config(checkpoint, scan, tmp_path / "auto", lesions_csv=False, mip_png=False, threshold=threshold,
                          mirror_axes="auto")
@@ -750,18 +750,11 @@ def test_auto_warns_by_name_for_a_checkpoint_without_training_flips_and_does_not
 
 
 def test_auto_mirrors_along_the_flips_the_checkpoint_records(checkpoint, scan, tmp_path, caplog):
-    from wspet.inference.predict import load_model
-    from wspet.inference.sliding_window import predict_probabilities
-
     saved = torch.load(checkpoint, weights_only=True)
     saved["hyper_parameters"]["training_flips"] = [2]
     flipped = tmp_path / "flipped.ckpt"
     torch.save(saved, flipped)
-    image = nib.load(scan)
-    array = np.asarray(image.dataobj, dtype=np.float32)
-    model = load_model(flipped, torch.device("cpu"))
-    plain = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4))
-    mirrored = predict_probabilities(model, array, image.affine, (16, 16, 16), (4, 4, 4), mirror_axes=(2,))
+    plain, mirrored = plain_and_mirrored(flipped, scan, (2,))
     threshold = float(np.median(mirrored))
     cfg = predict_config(flipped, scan, tmp_path / "auto", lesions_csv=False, mip_png=False, threshold=threshold,
                          mirror_axes="auto")
