@@ -21,6 +21,7 @@ from wspet.model.module import LesionSegmenter
 from wspet.training.callbacks import ProgressLines, build_callbacks, clock
 from wspet.training.collapse import CollapseGuard
 from wspet.training.experiment import train
+from wspet.training.stage import build_datamodule
 
 FAST = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "evaluate.split=none"]
 
@@ -179,6 +180,21 @@ def test_every_data_key_is_an_argument_of_the_data_module_it_builds(data):
     assert keys <= arguments, sorted(keys - arguments)
     # What the loss adds; every other argument has its key in the yaml.
     assert arguments - keys == {"supervision", "pseudo_labels"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "share"),
+    [
+        ([], 0.15),  # the default loss, pseudo, names its measured share
+        (["loss=mdice_ms"], 0.0),  # the paper's rows train without hard negatives
+        (["experiment=fs"], 0.0),
+        (["loss=pseudo", "loss.hard_negative_probability=0.05"], 0.05),
+        (["loss=mdice_ms", "data.hard_negative_probability=0.2"], 0.2),  # data's own key still wins
+    ],
+)
+def test_the_data_module_takes_the_losss_hard_negative_share(overrides, share, tmp_path):
+    cfg = compose_config("train", [f"data.root={tmp_path}", "data.phantom=null", *overrides])
+    assert build_datamodule(cfg).hard_negative_probability == share
 
 
 def test_every_model_key_is_an_argument_of_the_module_it_builds():
