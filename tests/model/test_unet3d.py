@@ -66,3 +66,25 @@ def test_normalised_variant_uses_instance_norm_and_leaky_relu_and_keeps_state_di
 def test_unknown_norm_or_activation_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         UNet3D(**kwargs)
+
+
+def test_deep_supervision_heads_give_each_lower_level_its_scale_and_leave_the_top_unchanged():
+    plain = UNet3D(features=(4, 8, 16, 32))
+    deep = UNet3D(features=(4, 8, 16, 32), deep_supervision=2)
+    missing, unexpected = deep.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(2, 1, 16, 24, 32)
+    scales = deep.multiscale_logits(x)
+    assert [tuple(s.shape) for s in scales] == [(2, 1, 16, 24, 32), (2, 1, 8, 12, 16), (2, 1, 4, 6, 8)]
+    # The heads are extra layers on the same trunk: forward is the top head alone.
+    assert unexpected == [] and sorted(missing) == [
+        "auxiliary_heads.0.bias", "auxiliary_heads.0.weight", "auxiliary_heads.1.bias", "auxiliary_heads.1.weight",
+    ]
+    assert torch.equal(deep(x), scales[0])
+    assert torch.allclose(deep(x), plain(x))
+    assert len(plain.multiscale_logits(x)) == 1
+
+
+@pytest.mark.parametrize("value", [-1, 3, 1.5, True, "2"])
+def test_deep_supervision_beyond_the_levels_or_not_an_integer_is_refused(value):
+    with pytest.raises(ValueError, match=r"deep_supervision must be an integer from 0 to 2"):
+        UNet3D(features=(4, 8, 16, 32), deep_supervision=value)

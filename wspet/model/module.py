@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MeanMetric
 
 from wspet.data.preprocessing import Preprocessing
+from wspet.losses.deep_supervision import deep_supervision_loss
 from wspet.model.checkpoint import check_target, load_checkpoint, loss_classes
 from wspet.model.flips import AUTO_MIRROR, model_mirror_axes
 from wspet.model.lr_schedule import lr_schedule
@@ -100,6 +101,14 @@ class LesionSegmenter(L.LightningModule):
         Under bf16 autocast on a CPU the network switches to ``channels_last_3d`` (weights and
         activations) at its first call, as ``channels_last=True`` would have.
         """
+        return self.net.probabilities(self._in_memory_format(image))
+
+    def multiscale_probabilities(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Probabilities (float32) of the top head ``(B, 1, D, H, W)``, then of each deep-supervision
+        head ``(B, 1, D / 2**s, H / 2**s, W / 2**s)``, ``s = 1 .. net.deep_supervision``."""
+        return [torch.sigmoid(logits.float()) for logits in self.net.multiscale_logits(self._in_memory_format(image))]
+
+    def _in_memory_format(self, image: torch.Tensor) -> torch.Tensor:
         device = image.device.type
         bf16_cpu = device == "cpu" and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
         if bf16_cpu and not self.channels_last:
@@ -110,16 +119,21 @@ class LesionSegmenter(L.LightningModule):
             self.channels_last = True
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last_3d)
-        return self.net.probabilities(image)
+        return image
 
-    def _loss_terms(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _loss_terms(self, batch: dict, deep: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Top-scale probabilities and the loss terms; ``deep`` adds the deep-supervision heads' losses."""
         image = batch["image"][tio.DATA]
         target = batch[self.supervision][tio.DATA].float()
+        if deep and self.net.deep_supervision:
+            scales = self.multiscale_probabilities(image)
+            return scales[0], deep_supervision_loss(self.loss_fn, image.float(), scales, target)
         probs = self(image)
         return probs, self.loss_fn(image.float(), probs, target)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        probs, terms = self._loss_terms(batch)
+        # Validation (model selection, the convergence check) sees the top scale's loss alone.
+        probs, terms = self._loss_terms(batch, deep=True)
         batch_size = probs.shape[0]
         for name, value in terms.items():
             self.log(f"train/{name}", value.detach(), batch_size=batch_size, prog_bar=name == "loss")
@@ -188,7 +202,8 @@ class LesionSegmenter(L.LightningModule):
         ``net`` setting that differs from this model's (or as :func:`load_checkpoint` does).
         """
         checkpoint = load_checkpoint(path)  # weights-only: nothing in the file runs (docs/security.md)
-        saved, wanted = checkpoint["hyper_parameters"]["net"], self.hparams.net
+        # Checkpoints from before deep supervision existed had none.
+        saved, wanted = ({"deep_supervision": 0, **net} for net in (checkpoint["hyper_parameters"]["net"], self.hparams.net))
         for key in sorted(set(saved) | set(wanted)):
             if _list_or_value(saved.get(key)) != _list_or_value(wanted.get(key)):
                 raise ValueError(

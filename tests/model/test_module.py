@@ -1,0 +1,67 @@
+"""LesionSegmenter: deep supervision in training, the top head alone everywhere else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchio as tio
+
+from wspet.losses import DiceCELoss
+from wspet.losses.deep_supervision import deep_supervision_loss
+from wspet.model.module import LesionSegmenter
+
+LOSS = {"_target_": "wspet.losses.DiceCELoss"}
+
+
+def _batch() -> dict:
+    torch.manual_seed(0)
+    image = torch.randn(2, 1, 16, 16, 16)
+    box = torch.zeros_like(image)
+    box[..., 4:12, 4:12, 4:12] = 1
+    pseudo = box.clone()
+    pseudo[..., 4:6, :, :] = 2  # ignored voxels
+    return {"image": {tio.DATA: image}, "box": {tio.DATA: box}, "pseudo": {tio.DATA: pseudo}}
+
+
+def _model(deep_supervision: int) -> LesionSegmenter:
+    torch.manual_seed(1)
+    net = {"features": [4, 8, 16, 32], "deep_supervision": deep_supervision}
+    return LesionSegmenter(net=net, loss=LOSS, supervision="pseudo")
+
+
+def test_training_loss_sums_the_heads_and_every_head_learns():
+    model, batch = _model(2), _batch()
+    loss = model.training_step(batch, 0)
+    image, target = batch["image"][tio.DATA], batch["pseudo"][tio.DATA]
+    expected = deep_supervision_loss(DiceCELoss(), image, model.multiscale_probabilities(image), target)["loss"]
+    top_only = DiceCELoss()(image, model(image), target)["loss"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss.item() != pytest.approx(top_only.item(), rel=1e-3)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.net.auxiliary_heads.parameters())
+
+
+def test_without_deep_supervision_the_training_loss_is_the_top_heads():
+    model, batch = _model(0), _batch()
+    image, target = batch["image"][tio.DATA], batch["pseudo"][tio.DATA]
+    expected = DiceCELoss()(image, model(image), target)["loss"]
+    assert model.training_step(batch, 0).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_validation_loss_is_the_top_heads_so_runs_with_and_without_compare():
+    model, batch = _model(2), _batch()
+    model.validation_step(batch, 0)
+    image, target = batch["image"][tio.DATA], batch["pseudo"][tio.DATA]
+    expected = DiceCELoss()(image, model(image), target)["loss"]
+    assert model.val_loss.compute().item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_checkpoint_saved_before_deep_supervision_starts_a_run_without_it(tmp_path):
+    old = _model(0)
+    hparams = dict(old.hparams)
+    hparams["net"] = {"features": [4, 8, 16, 32]}  # no deep_supervision key, as older checkpoints
+    path = tmp_path / "old.ckpt"
+    torch.save({"hyper_parameters": hparams, "state_dict": old.state_dict()}, path)
+    new = _model(0)
+    new.load_network(path)
+    assert all(torch.equal(a, b) for a, b in zip(new.net.state_dict().values(), old.net.state_dict().values()))
