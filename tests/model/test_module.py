@@ -23,14 +23,14 @@ def _batch() -> dict:
     return {"image": {tio.DATA: image}, "box": {tio.DATA: box}, "pseudo": {tio.DATA: pseudo}}
 
 
-def _model(deep_supervision: int) -> LesionSegmenter:
+def _model(deep_supervision: bool) -> LesionSegmenter:
     torch.manual_seed(1)
-    net = {"features": [4, 8, 16, 32], "deep_supervision": deep_supervision}
+    net = {"features": [4, 8, 16, 32, 64], "deep_supervision": deep_supervision}
     return LesionSegmenter(net=net, loss=LOSS, supervision="pseudo")
 
 
 def test_training_loss_sums_the_heads_and_every_head_learns():
-    model, batch = _model(2), _batch()
+    model, batch = _model(True), _batch()
     loss = model.training_step(batch, 0)
     image, target = batch["image"][tio.DATA], batch["pseudo"][tio.DATA]
     expected = deep_supervision_loss(DiceCELoss(), image, model.multiscale_probabilities(image), target)["loss"]
@@ -42,14 +42,14 @@ def test_training_loss_sums_the_heads_and_every_head_learns():
 
 
 def test_without_deep_supervision_the_training_loss_is_the_top_heads():
-    model, batch = _model(0), _batch()
+    model, batch = _model(False), _batch()
     image, target = batch["image"][tio.DATA], batch["pseudo"][tio.DATA]
     expected = DiceCELoss()(image, model(image), target)["loss"]
     assert model.training_step(batch, 0).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_validation_loss_is_the_top_heads_so_runs_with_and_without_compare():
-    model, batch = _model(2), _batch()
+    model, batch = _model(True), _batch()
     model.validation_step(batch, 0)
     image, target = batch["image"][tio.DATA], batch["pseudo"][tio.DATA]
     expected = DiceCELoss()(image, model(image), target)["loss"]
@@ -57,11 +57,11 @@ def test_validation_loss_is_the_top_heads_so_runs_with_and_without_compare():
 
 
 def test_a_checkpoint_saved_before_deep_supervision_starts_a_run_without_it(tmp_path):
-    old = _model(0)
+    old = _model(False)
     hparams = dict(old.hparams)
-    hparams["net"] = {"features": [4, 8, 16, 32]}  # no deep_supervision key, as older checkpoints
+    hparams["net"] = {"features": [4, 8, 16, 32, 64]}  # no deep_supervision key, as older checkpoints
     path = tmp_path / "old.ckpt"
     torch.save({"hyper_parameters": hparams, "state_dict": old.state_dict()}, path)
-    new = _model(0)
+    new = _model(False)
     new.load_network(path)
     assert all(torch.equal(a, b) for a, b in zip(new.net.state_dict().values(), old.net.state_dict().values()))

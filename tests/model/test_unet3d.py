@@ -68,13 +68,14 @@ def test_unknown_norm_or_activation_is_refused(kwargs, message):
         UNet3D(**kwargs)
 
 
-def test_deep_supervision_heads_give_each_lower_level_its_scale_and_leave_the_top_unchanged():
-    plain = UNet3D(features=(4, 8, 16, 32))
-    deep = UNet3D(features=(4, 8, 16, 32), deep_supervision=2)
+def test_deep_supervision_heads_give_each_level_between_top_and_coarsest_its_scale_and_leave_the_top_unchanged():
+    plain = UNet3D(features=(4, 8, 16, 32, 64))
+    deep = UNet3D(features=(4, 8, 16, 32, 64), deep_supervision=True)
     missing, unexpected = deep.load_state_dict(plain.state_dict(), strict=False)
-    x = torch.randn(2, 1, 16, 24, 32)
+    x = torch.randn(2, 1, 16, 32, 48)
     scales = deep.multiscale_logits(x)
-    assert [tuple(s.shape) for s in scales] == [(2, 1, 16, 24, 32), (2, 1, 8, 12, 16), (2, 1, 4, 6, 8)]
+    # nnU-Net's: every decoder level but the coarsest (1/8 here), whose weight it sets to 0.
+    assert [tuple(s.shape) for s in scales] == [(2, 1, 16, 32, 48), (2, 1, 8, 16, 24), (2, 1, 4, 8, 12)]
     # The heads are extra layers on the same trunk: forward is the top head alone.
     assert unexpected == [] and sorted(missing) == [
         "auxiliary_heads.0.bias", "auxiliary_heads.0.weight", "auxiliary_heads.1.bias", "auxiliary_heads.1.weight",
@@ -84,7 +85,12 @@ def test_deep_supervision_heads_give_each_lower_level_its_scale_and_leave_the_to
     assert len(plain.multiscale_logits(x)) == 1
 
 
-@pytest.mark.parametrize("value", [-1, 3, 1.5, True, "2"])
-def test_deep_supervision_beyond_the_levels_or_not_an_integer_is_refused(value):
-    with pytest.raises(ValueError, match=r"deep_supervision must be an integer from 0 to 2"):
+@pytest.mark.parametrize("features, heads", [((4, 8), 0), ((4, 8, 16), 0), ((4, 8, 16, 32), 1), ((16, 32, 64, 128, 256), 2)])
+def test_deep_supervision_heads_follow_the_depth(features, heads):
+    assert len(UNet3D(features=features, deep_supervision=True).auxiliary_heads) == heads
+
+
+@pytest.mark.parametrize("value", [2, 1, "true", None])
+def test_deep_supervision_not_a_boolean_is_refused(value):
+    with pytest.raises(ValueError, match=r"deep_supervision must be true or false, got"):
         UNet3D(features=(4, 8, 16, 32), deep_supervision=value)

@@ -167,15 +167,16 @@ def test_the_checkpoint_records_the_flips_training_saw(train_config, tmp_path, o
 
 
 def test_deep_supervision_trains_its_heads_and_the_checkpoint_predicts(train_config, tmp_path):
-    summary = train(train_config(tmp_path, ["loss=pseudo", "model.net.deep_supervision=1", "trainer.log_every_n_steps=1", *FAST]))
+    deep = ["loss=pseudo", "model.net.deep_supervision=true", "model.net.features=[4,8,16,32]"]
+    summary = train(train_config(tmp_path, [*deep, "trainer.log_every_n_steps=1", *FAST]))
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "train/loss_top" in header and "val/loss" in header
     weights = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     assert "net.auxiliary_heads.0.weight" in weights
-    assert LesionSegmenter.from_checkpoint(tmp_path / "checkpoints" / "best.ckpt").net.deep_supervision == 1
+    assert LesionSegmenter.from_checkpoint(tmp_path / "checkpoints" / "best.ckpt").net.deep_supervision is True
     assert summary["test"]["n_cases"] == 2 and 0.0 <= summary["test"]["dice"] <= 1.0
 
 
-def test_deep_supervision_deeper_than_the_network_names_the_limit(train_config, tmp_path):
-    with pytest.raises(ValueError, match=r"deep_supervision must be an integer from 0 to 1 .* got 2"):
+def test_deep_supervision_not_a_boolean_names_the_value(train_config, tmp_path):
+    with pytest.raises(ValueError, match=r"deep_supervision must be true or false, got 2"):
         train(train_config(tmp_path, ["loss=pseudo", "model.net.deep_supervision=2", *FAST]))

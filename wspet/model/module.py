@@ -105,7 +105,7 @@ class LesionSegmenter(L.LightningModule):
 
     def multiscale_probabilities(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Probabilities (float32) of the top head ``(B, 1, D, H, W)``, then of each deep-supervision
-        head ``(B, 1, D / 2**s, H / 2**s, W / 2**s)``, ``s = 1 .. net.deep_supervision``."""
+        head ``(B, 1, D / 2**s, H / 2**s, W / 2**s)``, ``s = 1, 2, ...`` (``net.deep_supervision``)."""
         return [torch.sigmoid(logits.float()) for logits in self.net.multiscale_logits(self._in_memory_format(image))]
 
     def _in_memory_format(self, image: torch.Tensor) -> torch.Tensor:
@@ -125,7 +125,7 @@ class LesionSegmenter(L.LightningModule):
         """Top-scale probabilities and the loss terms; ``deep`` adds the deep-supervision heads' losses."""
         image = batch["image"][tio.DATA]
         target = batch[self.supervision][tio.DATA].float()
-        if deep and self.net.deep_supervision:
+        if deep and len(self.net.auxiliary_heads):
             scales = self.multiscale_probabilities(image)
             return scales[0], deep_supervision_loss(self.loss_fn, image.float(), scales, target)
         probs = self(image)
@@ -203,7 +203,7 @@ class LesionSegmenter(L.LightningModule):
         """
         checkpoint = load_checkpoint(path)  # weights-only: nothing in the file runs (docs/security.md)
         # Checkpoints from before deep supervision existed had none.
-        saved, wanted = ({"deep_supervision": 0, **net} for net in (checkpoint["hyper_parameters"]["net"], self.hparams.net))
+        saved, wanted = ({"deep_supervision": False, **net} for net in (checkpoint["hyper_parameters"]["net"], self.hparams.net))
         for key in sorted(set(saved) | set(wanted)):
             if _list_or_value(saved.get(key)) != _list_or_value(wanted.get(key)):
                 raise ValueError(

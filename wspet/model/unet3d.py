@@ -40,16 +40,17 @@ class UNet3D(nn.Module):
         norm: ``none`` (the paper: SELU self-normalises) or ``instance`` (instance norm after each
             convolution, as nnU-Net).
         activation: ``selu`` (the paper) or ``leaky_relu`` (slope 0.01, as nnU-Net).
-        deep_supervision: how many decoder levels below the top get a 1x1x1 head of their own
-            (0: none, the paper), so that a loss can be applied at their coarser scales too
-            (nnU-Net's deep supervision, :func:`~wspet.losses.deep_supervision.deep_supervision_loss`).
-            At most ``len(features) - 2``. Prediction uses the top head alone.
+        deep_supervision: give every decoder level between the top and the coarsest a 1x1x1 head
+            of its own (``len(features) - 3`` heads; none for three levels or fewer), so that the
+            loss is applied at their coarser scales too: nnU-Net's deep supervision, whose
+            coarsest output has weight 0 (:mod:`wspet.losses.deep_supervision`). ``False``: the
+            paper. Prediction uses the top head alone.
 
     ``forward`` takes ``x`` of shape ``(B, in_channels, D, H, W)`` and returns logits of shape
     ``(B, 1, D, H, W)``; :meth:`probabilities` applies the paper's sigmoid output layer, in
     float32 even under bf16 autocast, because the losses saturate and lose their gradient
     when the sigmoid is rounded to bf16. :meth:`multiscale_logits` also returns the lower heads'
-    logits, ``(B, 1, D / 2**s, H / 2**s, W / 2**s)`` for ``s = 1 .. deep_supervision``.
+    logits, ``(B, 1, D / 2**s, H / 2**s, W / 2**s)`` for ``s = 1, 2, ...`` (one per auxiliary head).
     """
 
     def __init__(
@@ -58,7 +59,7 @@ class UNet3D(nn.Module):
         features: Sequence[int] = (16, 32, 64, 128, 256),
         norm: str = "none",
         activation: str = "selu",
-        deep_supervision: int = 0,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         features = [int(f) for f in features]
@@ -70,13 +71,8 @@ class UNet3D(nn.Module):
             raise ValueError(f"norm {norm!r} is not one of {NORMS}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
-        if isinstance(deep_supervision, bool) or not isinstance(deep_supervision, int) or not (
-            0 <= deep_supervision <= len(features) - 2
-        ):
-            raise ValueError(
-                f"deep_supervision must be an integer from 0 to {len(features) - 2} (len(features) - 2), "
-                f"got {deep_supervision!r}"
-            )
+        if not isinstance(deep_supervision, bool):
+            raise ValueError(f"deep_supervision must be true or false, got {deep_supervision!r}")
         self.norm, self.activation = norm, activation
         self.in_channels = in_channels
         self.features = tuple(features)
@@ -93,10 +89,10 @@ class UNet3D(nn.Module):
             self.decoders.append(_double_conv(2 * width, width, norm, activation))
             channels = width
         self.head = nn.Conv3d(channels, 1, kernel_size=1)
-        # Heads on the decoder levels just below the top, finest first: scales 1/2, 1/4, ...
+        # Heads on the decoder levels below the top but the coarsest, finest first: scales 1/2, 1/4, ...
         self.deep_supervision = deep_supervision
         self.auxiliary_heads = nn.ModuleList(
-            nn.Conv3d(width, 1, kernel_size=1) for width in features[1 : 1 + deep_supervision]
+            nn.Conv3d(width, 1, kernel_size=1) for width in (features[1:-2] if deep_supervision else [])
         )
         self._init_weights()
 
@@ -122,10 +118,10 @@ class UNet3D(nn.Module):
 
     def multiscale_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of the top head, then of each auxiliary head: ``(B, 1, D / 2**s, H / 2**s, W / 2**s)``
-        for ``s = 0 .. deep_supervision``."""
+        for ``s = 0 .. len(auxiliary_heads)``."""
         decoded = self._decoded(x)
         # decoded runs coarsest to finest; the auxiliary heads read the levels just below the top.
-        below_top = decoded[-2 :: -1][: self.deep_supervision]
+        below_top = decoded[-2::-1]
         return [self.head(decoded[-1])] + [head(level) for head, level in zip(self.auxiliary_heads, below_top)]
 
     def _decoded(self, x: torch.Tensor) -> list[torch.Tensor]:
