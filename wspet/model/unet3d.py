@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -114,17 +114,19 @@ class UNet3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, 1, D, H, W)`` for input ``(B, in_channels, D, H, W)``."""
-        return self.head(self._decoded(x)[-1])
+        for level in self._decoded(x):  # each coarser level freed as the next one is made
+            pass
+        return self.head(level)
 
     def multiscale_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of the top head, then of each auxiliary head: ``(B, 1, D / 2**s, H / 2**s, W / 2**s)``
         for ``s = 0 .. len(auxiliary_heads)``."""
-        decoded = self._decoded(x)
+        decoded = list(self._decoded(x))
         # decoded runs coarsest to finest; the auxiliary heads read the levels just below the top.
         below_top = decoded[-2::-1]
         return [self.head(decoded[-1])] + [head(level) for head, level in zip(self.auxiliary_heads, below_top)]
 
-    def _decoded(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _decoded(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         """Each decoder level's output, coarsest first; the last is at the input's size."""
         self._check_input(x)
         skips = []
@@ -134,11 +136,9 @@ class UNet3D(nn.Module):
             x = encoder(x)
             skips.append(x)
         skips.pop()  # the bottom level feeds the decoder directly
-        decoded = []
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             x = decoder(torch.cat([skips.pop(), upsample(x)], dim=1))
-            decoded.append(x)
-        return decoded
+            yield x
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Sigmoid probabilities ``(B, 1, D, H, W)`` in float32."""
