@@ -5,7 +5,8 @@ For every box of every training case that has a label, the lesion that
 compared with the true lesion of that box: the 26-connected component of the label with the most
 voxels inside it. Prints, for each rule that chooses the box's component
 (``wspet.data.pseudo_labels.COMPONENTS``), the mean and spread of the Dice and how many boxes score
-below 0.2 (a lesion taught as background). It reads the labels, so it is a check of a method on a
+below 0.2 (a lesion taught as background), and the quartiles of the found lesion's volume over the
+true lesion's (below 1: the method draws lesions smaller than the set's labels do). It reads the labels, so it is a check of a method on a
 labelled set, never a step of weak training; test cases are left out, so that a choice made
 from it never reads a test label. ``--boxes tight`` uses one tight box per true lesion
 instead of the set's boxes: the prompt boxes of ``predict.py boxes=FILE`` and its ``box_fallback``.
@@ -15,6 +16,7 @@ instead of the set's boxes: the prompt boxes of ``predict.py boxes=FILE`` and it
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -31,8 +33,12 @@ FAILED = 0.2  # a box whose label scores below this Dice teaches its lesion as b
 def box_dices(root: str, method: str, component: str, boxes: str = "dataset") -> list[float]:
     """Dice of each labelled box's pseudo-label lesion with its true lesion, in case and box order;
     ``boxes``: the set's own (``dataset``) or the labels' tight boxes (``tight``)."""
+    return [float(dice_score(found, truth)) for found, truth in box_lesions(root, method, component, boxes)]
+
+
+def box_lesions(root: str, method: str, component: str, boxes: str = "dataset") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(found, truth)`` boolean masks inside each labelled box of the training cases (see :func:`box_dices`)."""
     index = read_dataset(root)
-    scores = []
     for case in index.training:
         if case.label is None or (boxes == "dataset" and not case.boxes):
             continue
@@ -47,8 +53,7 @@ def box_dices(root: str, method: str, component: str, boxes: str = "dataset") ->
             ids, counts = np.unique(inside[inside > 0], return_counts=True)
             truth = inside == ids[np.argmax(counts)]
             found, _ = box_lesion(image.array[region].astype(np.float32), method, component=component)
-            scores.append(float(dice_score(found, truth)))
-    return scores
+            yield found, truth
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,9 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     for root in args.roots:
         for component in COMPONENTS:
-            scores = np.array(box_dices(root, args.method, component, args.boxes))
+            pairs = list(box_lesions(root, args.method, component, args.boxes))
+            scores = np.array([dice_score(found, truth) for found, truth in pairs])
+            quartiles = np.percentile([found.sum() / truth.sum() for found, truth in pairs], [25, 50, 75])
             print(f"{root} {args.method} {args.boxes} boxes, component={component}: {len(scores)} boxes, Dice "
-                  f"{scores.mean():.3f} ± {scores.std():.3f}, {int((scores < FAILED).sum())} below {FAILED}")
+                  f"{scores.mean():.3f} ± {scores.std():.3f}, {int((scores < FAILED).sum())} below {FAILED}, "
+                  f"volume / true volume {' / '.join(f'{q:.2f}' for q in quartiles)} (quartiles)")
 
 
 if __name__ == "__main__":
