@@ -11,7 +11,7 @@ labelled set, never a step of weak training; test cases are left out, so that a 
 from it never reads a test label. ``--boxes tight`` uses one tight box per true lesion
 instead of the set's boxes: the prompt boxes of ``predict.py boxes=FILE`` and its ``box_fallback``.
 
-    python scripts/pseudo_label_quality.py data/phantom data/phantom16 [--method otsu] [--boxes tight]
+    python scripts/pseudo_label_quality.py data/phantom data/phantom16 [--method otsu] [--boxes tight] [--span-box]
 """
 from __future__ import annotations
 
@@ -30,13 +30,15 @@ from wspet.metrics.overlap import dice_score
 FAILED = 0.2  # a box whose label scores below this Dice teaches its lesion as background
 
 
-def box_dices(root: str, method: str, component: str, boxes: str = "dataset") -> list[float]:
+def box_dices(root: str, method: str, component: str, boxes: str = "dataset", span_box: bool = False) -> list[float]:
     """Dice of each labelled box's pseudo-label lesion with its true lesion, in case and box order;
     ``boxes``: the set's own (``dataset``) or the labels' tight boxes (``tight``)."""
-    return [float(dice_score(found, truth)) for found, truth in box_lesions(root, method, component, boxes)]
+    return [float(dice_score(found, truth)) for found, truth in box_lesions(root, method, component, boxes, span_box)]
 
 
-def box_lesions(root: str, method: str, component: str, boxes: str = "dataset") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def box_lesions(
+    root: str, method: str, component: str, boxes: str = "dataset", span_box: bool = False
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(found, truth)`` boolean masks inside each labelled box of the training cases (see :func:`box_dices`)."""
     index = read_dataset(root)
     for case in index.training:
@@ -52,7 +54,7 @@ def box_lesions(root: str, method: str, component: str, boxes: str = "dataset") 
                 continue
             ids, counts = np.unique(inside[inside > 0], return_counts=True)
             truth = inside == ids[np.argmax(counts)]
-            found, _ = box_lesion(image.array[region].astype(np.float32), method, component=component)
+            found, _ = box_lesion(image.array[region].astype(np.float32), method, component=component, span_box=span_box)
             yield found, truth
 
 
@@ -61,10 +63,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("roots", nargs="+", help="wspet dataset folders with labels")
     parser.add_argument("--method", default="otsu", choices=METHODS)
     parser.add_argument("--boxes", default="dataset", choices=("dataset", "tight"))
+    parser.add_argument("--span-box", action="store_true", help="lower each threshold until the lesion reaches every face")
     args = parser.parse_args(argv)
     for root in args.roots:
         for component in COMPONENTS:
-            pairs = list(box_lesions(root, args.method, component, args.boxes))
+            pairs = list(box_lesions(root, args.method, component, args.boxes, args.span_box))
             scores = np.array([dice_score(found, truth) for found, truth in pairs])
             quartiles = np.percentile([found.sum() / truth.sum() for found, truth in pairs], [25, 50, 75])
             print(f"{root} {args.method} {args.boxes} boxes, component={component}: {len(scores)} boxes, Dice "

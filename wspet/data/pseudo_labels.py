@@ -24,7 +24,7 @@ Arrays are ``(I, J, K)`` as nibabel loads them; boxes are half-open voxel boxes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -38,6 +38,8 @@ BACKGROUND, LESION = 0, 1
 METHODS = ("otsu", "fraction", "chan_vese")
 # How the box's lesion is chosen among the components the threshold passes (see the module's docstring).
 COMPONENTS = ("central", "peak")
+# Thresholds tried between a method's own and the box faces' background by ``span_box``.
+SPAN_STEPS = 40
 
 
 def box_threshold(values: np.ndarray, method: str, fraction: float = 0.41) -> float:
@@ -54,27 +56,64 @@ def box_threshold(values: np.ndarray, method: str, fraction: float = 0.41) -> fl
 
 
 def box_lesion(
-    values: np.ndarray, method: str, fraction: float = 0.41, component: str = "peak"
+    values: np.ndarray, method: str, fraction: float = 0.41, component: str = "peak", span_box: bool = False
 ) -> tuple[np.ndarray, float | None]:
     """Lesion mask inside one box, and the threshold used (``None`` for Chan-Vese).
 
     Only one connected component of what ``method`` finds is kept, chosen by ``component``:
     ``central`` (:func:`central_component`) or ``peak`` (the one holding the box's hottest voxel).
     A box is drawn around one lesion, and other uptake it cuts (an organ's edge) is not that lesion.
+    ``span_box`` (for tight boxes, threshold methods only): see :func:`spanning_lesion`.
     """
     if method not in METHODS:
         raise ValueError(f"pseudo-label method {method!r} is not one of {METHODS}")
     if component not in COMPONENTS:
         raise ValueError(f"pseudo-label component {component!r} is not one of {COMPONENTS}")
+    if not isinstance(span_box, bool):
+        raise ValueError(f"pseudo-label span_box must be true or false, got {span_box!r}")
+    if span_box and method == "chan_vese":
+        raise ValueError("pseudo-label span_box lowers a threshold, and method 'chan_vese' has none; use otsu or fraction")
     if values.max() <= 0:
         return np.zeros(values.shape, dtype=bool), None
-    if method == "chan_vese":
-        lesion, threshold = _chan_vese(values), None
-    else:
-        threshold = box_threshold(values, method, fraction)
-        lesion = values >= threshold
     keep = central_component if component == "central" else _component_at_peak
-    return keep(lesion, values), threshold
+    if method == "chan_vese":
+        return keep(_chan_vese(values), values), None
+    threshold = box_threshold(values, method, fraction)
+    if span_box:
+        return spanning_lesion(values, threshold, keep)
+    return keep(values >= threshold, values), threshold
+
+
+def spanning_lesion(
+    values: np.ndarray, threshold: float, keep: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, float]:
+    """The lesion ``keep(values >= t, values)`` at the highest ``t`` from ``threshold`` down that
+    reaches every face of the box (to within one voxel), and that ``t``.
+
+    A tight box touches its lesion on all six faces, so a lesion that stops short of a face is
+    smaller than the one the box was drawn around: clinicians' masks of real tumours hold necrotic
+    or faintly avid tissue that a threshold of the PET leaves out (docs/losses.md). ``t`` goes down
+    in :data:`SPAN_STEPS` even steps to the median of the box's outermost layer, the background at
+    its faces, and no further; if no ``t`` down to it reaches every face, the box is not tight
+    around this lesion and the lesion at ``threshold`` is kept.
+    """
+    lesion = keep(values >= threshold, values)
+    floor = float(np.median(values[_edge_layer(values.shape)]))
+    if _reaches_every_face(lesion) or floor >= threshold:
+        return lesion, threshold
+    for lower in np.linspace(threshold, floor, SPAN_STEPS + 1)[1:]:
+        grown = keep(values >= lower, values)
+        if _reaches_every_face(grown):
+            return grown, float(lower)
+    return lesion, threshold
+
+
+def _reaches_every_face(mask: np.ndarray) -> bool:
+    if not mask.any():
+        return False
+    return all(
+        along.min() <= 1 and along.max() >= size - 2 for along, size in zip(np.nonzero(mask), mask.shape)
+    )
 
 
 def _chan_vese(values: np.ndarray) -> np.ndarray:
@@ -126,6 +165,7 @@ def pseudo_label(
     band: float = 0.1,
     ignore_box_edge: bool = True,
     component: str = "peak",
+    span_box: bool = False,
 ) -> np.ndarray:
     """A ``uint8`` (I, J, K) map: :data:`LESION` inside boxes where the method finds the lesion,
     :data:`IGNORE` where the label is uncertain, :data:`BACKGROUND` elsewhere.
@@ -139,6 +179,8 @@ def pseudo_label(
         ignore_box_edge: ignore lesion voxels on the box's outermost voxel layer.
         component: which connected component inside a box is its lesion (:data:`COMPONENTS`;
             :func:`box_lesion`); the others are background.
+        span_box: the boxes are tight: lower each box's threshold until its lesion reaches every
+            face (:func:`spanning_lesion`); for ``otsu`` and ``fraction``.
 
     Where boxes overlap, a voxel is lesion if any box finds it lesion, and ignored only if no box
     finds it lesion and some box finds it uncertain.
@@ -153,7 +195,7 @@ def pseudo_label(
     for box in boxes:
         region = box_region(box)
         values = image[region]
-        found, threshold = box_lesion(values, method, fraction, component)
+        found, threshold = box_lesion(values, method, fraction, component, span_box)
         doubt = np.zeros(values.shape, dtype=bool)
         if threshold is not None and band > 0:
             doubt |= np.abs(values - threshold) < band * abs(threshold)
