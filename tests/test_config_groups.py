@@ -197,6 +197,12 @@ def test_the_data_module_takes_the_losss_hard_negative_share(overrides, share, t
     assert build_datamodule(cfg).hard_negative_probability == share
 
 
+@pytest.mark.parametrize(("overrides", "span_box"), [([], False), (["loss.pseudo_labels.span_box=true"], True)])
+def test_span_box_reaches_the_pseudo_labels_and_is_off_by_default(overrides, span_box, tmp_path):
+    cfg = compose_config("train", [f"data.root={tmp_path}", "data.phantom=null", "loss=pseudo", *overrides])
+    assert build_datamodule(cfg).pseudo_labels["span_box"] is span_box
+
+
 def test_every_model_key_is_an_argument_of_the_module_it_builds():
     import inspect
 

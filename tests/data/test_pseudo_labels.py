@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from wspet.data.pseudo_labels import BACKGROUND, IGNORE, LESION, METHODS, central_component, pseudo_label
 from wspet.losses.dice_ce import IGNORE_INDEX
@@ -124,3 +125,43 @@ def test_a_box_without_uptake_labels_nothing_and_bad_settings_are_refused():
         pseudo_label(np.ones((8, 8, 8)), [[1, 1, 1, 6, 6, 6]], method="watershed")
     with pytest.raises(ValueError, match="fraction 1.5"):
         pseudo_label(np.ones((8, 8, 8)), [], fraction=1.5)
+
+
+def tumour_with_faint_rim(seed=0):
+    """A sphere of radius 7 (the clinician's mask) whose core of radius 3 takes SUV ~14 and whose rim
+    ~3 over a background of ~1, blurred (the scanner's resolution) and in noise; returns (image,
+    truth, its tight box)."""
+    shape, centre = (40, 40, 30), (20, 18, 14)
+    grid = np.indices(shape).astype(np.float32)
+    distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
+    truth, core = distance <= 7, distance <= 3
+    rng = np.random.default_rng(seed)
+    uptake = ndimage.gaussian_filter(1.0 + 2.0 * truth + 11.0 * core, 1.0)
+    image = (uptake + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    return image, truth, [13, 11, 7, 28, 26, 22]
+
+
+@pytest.mark.parametrize("method", ["otsu", "fraction"])
+def test_span_box_grows_the_lesion_to_the_faces_of_its_tight_box(method):
+    image, truth, tight = tumour_with_faint_rim()
+    plain = pseudo_label(image, [tight], method=method, band=0.0, ignore_box_edge=False) == LESION
+    spanning = pseudo_label(image, [tight], method=method, band=0.0, ignore_box_edge=False, span_box=True) == LESION
+    assert dice(plain, truth) < 0.35  # the threshold keeps the hot core alone (0.30 / 0.22)
+    assert dice(spanning, truth) > 0.75  # 0.81 / 0.83: a sphere touches its tight box at six points only
+
+
+def test_span_box_keeps_the_methods_lesion_when_the_box_is_not_tight():
+    image, _ = sphere_scan(radius=4.0)
+    image = image.round(0)  # a flat background: no threshold above its faces' median reaches them
+    coarse = [8, 6, 2, 33, 31, 27]
+    plain = pseudo_label(image, [coarse], band=0.0)
+    assert np.array_equal(pseudo_label(image, [coarse], band=0.0, span_box=True), plain)
+    assert np.any(plain == LESION)
+
+
+def test_span_box_needs_a_threshold_method_and_a_boolean():
+    image, _, tight = tumour_with_faint_rim()
+    with pytest.raises(ValueError, match="span_box lowers a threshold, and method 'chan_vese' has none"):
+        pseudo_label(image, [tight], method="chan_vese", span_box=True)
+    with pytest.raises(ValueError, match="span_box must be true or false, got 'yes'"):
+        pseudo_label(image, [tight], span_box="yes")

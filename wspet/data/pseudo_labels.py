@@ -93,15 +93,16 @@ def spanning_lesion(
     A tight box touches its lesion on all six faces, so a lesion that stops short of a face is
     smaller than the one the box was drawn around: clinicians' masks of real tumours hold necrotic
     or faintly avid tissue that a threshold of the PET leaves out (docs/losses.md). ``t`` goes down
-    in :data:`SPAN_STEPS` even steps to the median of the box's outermost layer, the background at
-    its faces, and no further; if no ``t`` down to it reaches every face, the box is not tight
-    around this lesion and the lesion at ``threshold`` is kept.
+    in :data:`SPAN_STEPS` even steps toward the median of the box's outermost layer, the background
+    at its faces, and stops a step above it; if no such ``t`` reaches every face, the box is not
+    tight around this lesion and the lesion at ``threshold`` is kept. On a box wider than its lesion
+    the lesion may still grow into noisy background until it reaches the faces: use it for tight boxes.
     """
     lesion = keep(values >= threshold, values)
     floor = float(np.median(values[_edge_layer(values.shape)]))
     if _reaches_every_face(lesion) or floor >= threshold:
         return lesion, threshold
-    for lower in np.linspace(threshold, floor, SPAN_STEPS + 1)[1:]:
+    for lower in np.linspace(threshold, floor, SPAN_STEPS + 1)[1:-1]:
         grown = keep(values >= lower, values)
         if _reaches_every_face(grown):
             return grown, float(lower)
