@@ -203,6 +203,12 @@ def test_span_box_reaches_the_pseudo_labels_and_is_off_by_default(overrides, spa
     assert build_datamodule(cfg).pseudo_labels["span_box"] is span_box
 
 
+@pytest.mark.parametrize(("overrides", "span_gap"), [([], "lesion"), (["loss.pseudo_labels.span_gap=ignore"], "ignore")])
+def test_span_gap_reaches_the_pseudo_labels_and_is_lesion_by_default(overrides, span_gap, tmp_path):
+    cfg = compose_config("train", [f"data.root={tmp_path}", "data.phantom=null", "loss=pseudo", *overrides])
+    assert build_datamodule(cfg).pseudo_labels["span_gap"] == span_gap
+
+
 def test_every_model_key_is_an_argument_of_the_module_it_builds():
     import inspect
 

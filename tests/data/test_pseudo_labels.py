@@ -165,3 +165,21 @@ def test_span_box_needs_a_threshold_method_and_a_boolean():
         pseudo_label(image, [tight], method="chan_vese", span_box=True)
     with pytest.raises(ValueError, match="span_box must be true or false, got 'yes'"):
         pseudo_label(image, [tight], span_box="yes")
+
+
+def test_span_gap_ignore_keeps_the_methods_lesion_and_ignores_what_spanning_adds():
+    image, truth, tight = tumour_with_faint_rim()
+    options = dict(band=0.0, ignore_box_edge=False, span_box=True)
+    plain = pseudo_label(image, [tight], band=0.0, ignore_box_edge=False)
+    grown = pseudo_label(image, [tight], **options) == LESION
+    gap = pseudo_label(image, [tight], span_gap="ignore", **options)
+    assert np.array_equal(gap == LESION, plain == LESION)
+    assert np.array_equal(gap == IGNORE, grown & (plain != LESION))
+    assert (gap == IGNORE).sum() > (plain == LESION).sum()  # the faint rim outweighs the hot core
+    assert not np.any((gap == BACKGROUND) & truth & grown)
+
+
+def test_span_gap_is_refused_when_unknown():
+    image, _, tight = tumour_with_faint_rim()
+    with pytest.raises(ValueError, match="span_gap 'background' is not one of"):
+        pseudo_label(image, [tight], span_box=True, span_gap="background")

@@ -40,6 +40,8 @@ METHODS = ("otsu", "fraction", "chan_vese")
 COMPONENTS = ("central", "peak")
 # Thresholds tried between a method's own and the box faces' background by ``span_box``.
 SPAN_STEPS = 40
+# What the voxels ``span_box`` adds to the method's lesion become: lesion, or ignored (uncertain).
+SPAN_GAPS = ("lesion", "ignore")
 
 
 def box_threshold(values: np.ndarray, method: str, fraction: float = 0.41) -> float:
@@ -167,6 +169,7 @@ def pseudo_label(
     ignore_box_edge: bool = True,
     component: str = "peak",
     span_box: bool = False,
+    span_gap: str = "lesion",
 ) -> np.ndarray:
     """A ``uint8`` (I, J, K) map: :data:`LESION` inside boxes where the method finds the lesion,
     :data:`IGNORE` where the label is uncertain, :data:`BACKGROUND` elsewhere.
@@ -182,6 +185,9 @@ def pseudo_label(
             :func:`box_lesion`); the others are background.
         span_box: the boxes are tight: lower each box's threshold until its lesion reaches every
             face (:func:`spanning_lesion`); for ``otsu`` and ``fraction``.
+        span_gap: with ``span_box``, what the voxels the spanning lesion adds to the method's own
+            become: ``lesion``, or ``ignore`` (uncertain: the box says the lesion reaches its faces,
+            the PET does not say where the lesion's edge lies between the two thresholds).
 
     Where boxes overlap, a voxel is lesion if any box finds it lesion, and ignored only if no box
     finds it lesion and some box finds it uncertain.
@@ -190,6 +196,8 @@ def pseudo_label(
         raise ValueError(f"pseudo-label fraction {fraction} is not in (0, 1]")
     if not 0.0 <= band < 1.0:
         raise ValueError(f"pseudo-label band {band} is not in [0, 1)")
+    if span_gap not in SPAN_GAPS:
+        raise ValueError(f"pseudo-label span_gap {span_gap!r} is not one of {SPAN_GAPS}")
     image = np.asarray(image, dtype=np.float32)
     lesion = np.zeros(image.shape, dtype=bool)
     uncertain = np.zeros(image.shape, dtype=bool)
@@ -198,6 +206,10 @@ def pseudo_label(
         values = image[region]
         found, threshold = box_lesion(values, method, fraction, component, span_box)
         doubt = np.zeros(values.shape, dtype=bool)
+        if span_box and span_gap == "ignore":
+            core, threshold = box_lesion(values, method, fraction, component)
+            doubt |= found & ~core
+            found = core
         if threshold is not None and band > 0:
             doubt |= np.abs(values - threshold) < band * abs(threshold)
         if ignore_box_edge:
