@@ -8,6 +8,8 @@ background. Voxels whose label is uncertain are marked :data:`IGNORE` so that th
 - voxels whose intensity lies within ``band`` (a fraction of the threshold) of the threshold;
 - foreground voxels on the box's outermost layer, where a coarse box may cut through the lesion
   or through neighbouring uptake.
+- with ``span_box`` and ``span_gap="ignore"``, the voxels between the method's lesion and the one
+  grown to the faces of a tight box (:func:`spanning_lesion`).
 
 Inside a box the threshold may pass several connected components: the box's lesion and uptake the
 box cuts (an organ's edge, a neighbouring lesion). :data:`COMPONENTS` are the two rules for which
