@@ -6,7 +6,8 @@ compared with the true lesion of that box: the 26-connected component of the lab
 voxels inside it. Prints, for each rule that chooses the box's component
 (``wspet.data.pseudo_labels.COMPONENTS``), the mean and spread of the Dice and how many boxes score
 below 0.2 (a lesion taught as background), and the quartiles of the found lesion's volume over the
-true lesion's (below 1: the method draws lesions smaller than the set's labels do). It reads the labels, so it is a check of a method on a
+true lesion's (below 1: the method draws lesions smaller than the set's labels do), with the medians of
+the share of the true lesion's voxels found and of the found voxels that lie outside it. It reads the labels, so it is a check of a method on a
 labelled set, never a step of weak training; test cases are left out, so that a choice made
 from it never reads a test label. ``--boxes tight`` uses one tight box per true lesion
 instead of the set's boxes: the prompt boxes of ``predict.py boxes=FILE`` and its ``box_fallback``.
@@ -70,9 +71,12 @@ def main(argv: list[str] | None = None) -> None:
             pairs = list(box_lesions(root, args.method, component, args.boxes, args.span_box))
             scores = np.array([dice_score(found, truth) for found, truth in pairs])
             quartiles = np.percentile([found.sum() / truth.sum() for found, truth in pairs], [25, 50, 75])
+            covered = np.median([(found & truth).sum() / truth.sum() for found, truth in pairs])
+            outside = np.median([(found & ~truth).sum() / max(found.sum(), 1) for found, truth in pairs])
             print(f"{root} {args.method} {args.boxes} boxes, component={component}: {len(scores)} boxes, Dice "
                   f"{scores.mean():.3f} ± {scores.std():.3f}, {int((scores < FAILED).sum())} below {FAILED}, "
-                  f"volume / true volume {' / '.join(f'{q:.2f}' for q in quartiles)} (quartiles)")
+                  f"volume / true volume {' / '.join(f'{q:.2f}' for q in quartiles)} (quartiles), "
+                  f"true voxels found {covered:.2f}, found voxels outside the truth {outside:.2f} (medians)")
 
 
 if __name__ == "__main__":

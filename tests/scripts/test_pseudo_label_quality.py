@@ -45,6 +45,8 @@ def test_the_central_rule_finds_the_lesion_that_the_peak_rule_teaches_as_backgro
     # central finds the whole sphere; peak the hot slab in the box (2 x 17 x 17 voxels) against the sphere's 515
     assert "component=central: 1 boxes, Dice 1.000 ± 0.000, 0 below 0.2, volume / true volume 1.00 / 1.00 / 1.00" in printed
     assert f"volume / true volume {2 * 17 * 17 / 515:.2f}" in printed
+    assert "true voxels found 1.00, found voxels outside the truth 0.00 (medians)" in printed
+    assert "true voxels found 0.00, found voxels outside the truth 1.00 (medians)" in printed  # peak's slab
 
 
 def test_tight_boxes_are_one_per_true_lesion(tmp_path):
