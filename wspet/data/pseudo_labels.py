@@ -7,7 +7,7 @@ background. Voxels whose label is uncertain are marked :data:`IGNORE` so that th
 
 - voxels whose intensity lies within ``band`` (a fraction of the threshold) of the threshold;
 - foreground voxels on the box's outermost layer, where a coarse box may cut through the lesion
-  or through neighbouring uptake.
+  or through neighbouring uptake;
 - with ``span_box`` and ``span_gap="ignore"``, the voxels between the method's lesion and the one
   grown to the faces of a tight box (:func:`spanning_lesion`).
 
