@@ -162,7 +162,7 @@ def test_predict_help_lists_only_what_prediction_uses():
     out = subprocess.run([sys.executable, "predict.py", "--help"], cwd=REPO, env=env,
                          capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.startswith("Predict lesion masks") and "python predict.py ckpt=CHECKPOINT input=" in out
-    assert "postprocess: none, morphology, levelset" in out and "boxes: null" in out
+    assert "postprocess: none, morphology, levelset, fill_holes" in out and "boxes: null" in out
     for training_only in ("loss:", "trainer:", "callbacks:", "experiment:", "hparams_search:"):
         assert training_only not in out
 
