@@ -209,6 +209,12 @@ def test_span_gap_reaches_the_pseudo_labels_and_is_lesion_by_default(overrides, 
     assert build_datamodule(cfg).pseudo_labels["span_gap"] == span_gap
 
 
+@pytest.mark.parametrize(("overrides", "fill"), [([], False), (["loss.pseudo_labels.fill_holes=true"], True)])
+def test_fill_holes_reaches_the_pseudo_labels_and_is_off_by_default(overrides, fill, tmp_path):
+    cfg = compose_config("train", [f"data.root={tmp_path}", "data.phantom=null", "loss=pseudo", *overrides])
+    assert build_datamodule(cfg).pseudo_labels["fill_holes"] is fill
+
+
 def test_every_model_key_is_an_argument_of_the_module_it_builds():
     import inspect
 

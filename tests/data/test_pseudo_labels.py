@@ -183,3 +183,24 @@ def test_span_gap_is_refused_when_unknown():
     image, _, tight = tumour_with_faint_rim()
     with pytest.raises(ValueError, match="span_gap 'background' is not one of"):
         pseudo_label(image, [tight], span_box=True, span_gap="background")
+
+
+def test_fill_holes_makes_a_cold_core_lesion_and_changes_a_solid_lesion_not():
+    # A hot rim around a necrotic (cold) core: Otsu marks the rim; the clinician's tumour holds the core.
+    image, truth = sphere_scan(radius=7.0)
+    core = np.sqrt(sum((g - c) ** 2 for g, c in zip(np.indices(image.shape), (20, 18, 14)))) <= 4.0
+    image[core] = 1.0
+    box = [[11, 9, 5, 30, 28, 24]]
+    rim = pseudo_label(image, box, band=0.0, ignore_box_edge=False)
+    filled = pseudo_label(image, box, band=0.0, ignore_box_edge=False, fill_holes=True)
+    assert (rim[core] == BACKGROUND).all() and (filled[core] == LESION).all()
+    assert np.array_equal(filled == LESION, (rim == LESION) | core)
+    solid, _ = sphere_scan()
+    solid_box = [[12, 10, 6, 29, 27, 23]]
+    assert np.array_equal(pseudo_label(solid, solid_box, fill_holes=True), pseudo_label(solid, solid_box))
+
+
+def test_fill_holes_is_refused_when_not_a_boolean():
+    image, _ = sphere_scan()
+    with pytest.raises(ValueError, match="fill_holes must be true or false, got 'yes'"):
+        pseudo_label(image, [[12, 10, 6, 29, 27, 23]], fill_holes="yes")

@@ -172,6 +172,7 @@ def pseudo_label(
     component: str = "peak",
     span_box: bool = False,
     span_gap: str = "lesion",
+    fill_holes: bool = False,
 ) -> np.ndarray:
     """A ``uint8`` (I, J, K) map: :data:`LESION` inside boxes where the method finds the lesion,
     :data:`IGNORE` where the label is uncertain, :data:`BACKGROUND` elsewhere.
@@ -190,6 +191,8 @@ def pseudo_label(
         span_gap: with ``span_box``, what the voxels the spanning lesion adds to the method's own
             become: ``lesion``, or ``ignore`` (uncertain: the box says the lesion reaches its faces,
             the PET does not say where the lesion's edge lies between the two thresholds).
+        fill_holes: the holes each box's lesion encloses (a cold, necrotic core) become lesion
+            (:func:`wspet.postprocess.holes.fill_holes`, in 3-D and in every axis-aligned plane).
 
     Where boxes overlap, a voxel is lesion if any box finds it lesion, and ignored only if no box
     finds it lesion and some box finds it uncertain.
@@ -200,6 +203,11 @@ def pseudo_label(
         raise ValueError(f"pseudo-label band {band} is not in [0, 1)")
     if span_gap not in SPAN_GAPS:
         raise ValueError(f"pseudo-label span_gap {span_gap!r} is not one of {SPAN_GAPS}")
+    if not isinstance(fill_holes, bool):
+        raise ValueError(f"pseudo-label fill_holes must be true or false, got {fill_holes!r}")
+    # Imported here: wspet.postprocess reads this module's box_lesion for box prompts.
+    from wspet.postprocess.holes import fill_holes as filled
+
     image = np.asarray(image, dtype=np.float32)
     lesion = np.zeros(image.shape, dtype=bool)
     uncertain = np.zeros(image.shape, dtype=bool)
@@ -212,6 +220,8 @@ def pseudo_label(
             core, threshold = box_lesion(values, method, fraction, component)
             doubt |= found & ~core
             found = core
+        if fill_holes:
+            found = filled(found, None, (1.0, 1.0, 1.0))
         if threshold is not None and band > 0:
             doubt |= np.abs(values - threshold) < band * abs(threshold)
         if ignore_box_edge:
