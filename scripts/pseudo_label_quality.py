@@ -11,8 +11,9 @@ the share of the true lesion's voxels found and of the found voxels that lie out
 labelled set, never a step of weak training; test cases are left out, so that a choice made
 from it never reads a test label. ``--boxes tight`` uses one tight box per true lesion
 instead of the set's boxes: the prompt boxes of ``predict.py boxes=FILE`` and its ``box_fallback``.
+``--fill-holes`` fills the holes each found lesion encloses, as ``loss.pseudo_labels.fill_holes`` does.
 
-    python scripts/pseudo_label_quality.py data/phantom data/phantom16 [--method otsu] [--boxes tight] [--span-box]
+    python scripts/pseudo_label_quality.py data/phantom data/phantom16 [--method otsu] [--boxes tight] [--span-box] [--fill-holes]
 """
 from __future__ import annotations
 
@@ -27,18 +28,22 @@ from wspet.data.format import load_image, load_label, read_dataset
 from wspet.data.pseudo_labels import COMPONENTS, METHODS, box_lesion
 from wspet.evaluation.reference_rows import tight_boxes
 from wspet.metrics.overlap import dice_score
+from wspet.postprocess.holes import fill_holes
 
 FAILED = 0.2  # a box whose label scores below this Dice teaches its lesion as background
 
 
-def box_dices(root: str, method: str, component: str, boxes: str = "dataset", span_box: bool = False) -> list[float]:
+def box_dices(
+    root: str, method: str, component: str, boxes: str = "dataset", span_box: bool = False, fill: bool = False
+) -> list[float]:
     """Dice of each labelled box's pseudo-label lesion with its true lesion, in case and box order;
-    ``boxes``: the set's own (``dataset``) or the labels' tight boxes (``tight``)."""
-    return [float(dice_score(found, truth)) for found, truth in box_lesions(root, method, component, boxes, span_box)]
+    ``boxes``: the set's own (``dataset``) or the labels' tight boxes (``tight``); ``fill``: holes filled."""
+    pairs = box_lesions(root, method, component, boxes, span_box, fill)
+    return [float(dice_score(found, truth)) for found, truth in pairs]
 
 
 def box_lesions(
-    root: str, method: str, component: str, boxes: str = "dataset", span_box: bool = False
+    root: str, method: str, component: str, boxes: str = "dataset", span_box: bool = False, fill: bool = False
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(found, truth)`` boolean masks inside each labelled box of the training cases (see :func:`box_dices`)."""
     index = read_dataset(root)
@@ -56,7 +61,7 @@ def box_lesions(
             ids, counts = np.unique(inside[inside > 0], return_counts=True)
             truth = inside == ids[np.argmax(counts)]
             found, _ = box_lesion(image.array[region].astype(np.float32), method, component=component, span_box=span_box)
-            yield found, truth
+            yield (fill_holes(found, None, image.spacing) if fill else found), truth
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,10 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", default="otsu", choices=METHODS)
     parser.add_argument("--boxes", default="dataset", choices=("dataset", "tight"))
     parser.add_argument("--span-box", action="store_true", help="lower each threshold until the lesion reaches every face")
+    parser.add_argument("--fill-holes", action="store_true", help="fill the holes each found lesion encloses")
     args = parser.parse_args(argv)
     for root in args.roots:
         for component in COMPONENTS:
-            pairs = list(box_lesions(root, args.method, component, args.boxes, args.span_box))
+            pairs = list(box_lesions(root, args.method, component, args.boxes, args.span_box, args.fill_holes))
             scores = np.array([dice_score(found, truth) for found, truth in pairs])
             quartiles = np.percentile([found.sum() / truth.sum() for found, truth in pairs], [25, 50, 75])
             covered = np.median([(found & truth).sum() / truth.sum() for found, truth in pairs])

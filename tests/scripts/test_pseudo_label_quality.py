@@ -53,3 +53,15 @@ def test_tight_boxes_are_one_per_true_lesion(tmp_path):
     write_case_beside_hot_uptake(tmp_path)
     (tight,) = pseudo_label_quality.box_dices(str(tmp_path), "otsu", "peak", boxes="tight")
     assert tight > 0.9  # the tight box no longer reaches the hotter uptake
+
+
+def test_fill_holes_adds_a_cold_core_to_the_found_lesion(tmp_path):
+    write_case_beside_hot_uptake(tmp_path)
+    image_path = tmp_path / "imagesTr" / "c_000.nii.gz"
+    image = np.asarray(nib.load(image_path).dataobj).copy()
+    grid = np.indices(image.shape)
+    image[np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, (20, 18, 14)))) <= 2] = 1.0  # a necrotic core
+    nib.save(nib.Nifti1Image(image, np.eye(4)), image_path)
+    (rim,) = pseudo_label_quality.box_dices(str(tmp_path), "otsu", "central")
+    (filled,) = pseudo_label_quality.box_dices(str(tmp_path), "otsu", "central", fill=True)
+    assert rim < 0.97 and filled == 1.0
