@@ -10,15 +10,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from omegaconf import OmegaConf
 
+from tests.postprocess.test_morphology import PET_SPACING, ball
 from wspet.postprocess.holes import fill_holes, plane_structure
 
-PET_SPACING = (3.5, 3.5, 3.1)
 CONF = Path(__file__).resolve().parents[2] / "conf" / "postprocess"
-
-
-def ball(shape, centre, radius):
-    grid = np.indices(shape)
-    return sum((grid[a] - centre[a]) ** 2 for a in range(3)) <= radius**2
 
 
 def test_an_enclosed_core_is_filled_and_nothing_else():
