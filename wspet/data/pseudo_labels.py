@@ -206,7 +206,7 @@ def pseudo_label(
     if not isinstance(fill_holes, bool):
         raise ValueError(f"pseudo-label fill_holes must be true or false, got {fill_holes!r}")
     # Imported here: wspet.postprocess reads this module's box_lesion for box prompts.
-    from wspet.postprocess.holes import fill_holes as filled
+    from wspet.postprocess.holes import without_holes
 
     image = np.asarray(image, dtype=np.float32)
     lesion = np.zeros(image.shape, dtype=bool)
@@ -221,7 +221,7 @@ def pseudo_label(
             doubt |= found & ~core
             found = core
         if fill_holes:
-            found = filled(found, None, (1.0, 1.0, 1.0))
+            found = without_holes(found)
         if threshold is not None and band > 0:
             doubt |= np.abs(values - threshold) < band * abs(threshold)
         if ignore_box_edge:

@@ -6,7 +6,8 @@ draws (the GTV) holds it. This step adds every background region that the mask e
 any axis-aligned plane: a core that opens at one end of the tumour is still ringed in the slices
 through it. On solid lesions it changes nothing.
 
-The step has the signature of ``conf/postprocess`` (``wspet/postprocess/__init__.py``).
+``fill_holes`` is the step of ``conf/postprocess`` (its signature: ``wspet/postprocess/__init__.py``);
+``without_holes`` the same on a bare mask, for the pseudo-labels and the box prompts' classical lesions.
 """
 
 from __future__ import annotations
@@ -31,10 +32,18 @@ def plane_structure(axis: int) -> np.ndarray:
 
 
 def fill_holes(mask: Any, image: Any, spacing: Sequence[float], in_planes: bool = True) -> np.ndarray:
-    """``mask`` with every hole it encloses filled.
+    """The post-processing step: :func:`without_holes` of ``mask`` after checking the step's inputs.
 
     mask: binary (i, j, k) prediction. image: the PET on the same grid; not used by this step
     (shape-checked when given, may be None). spacing: voxel size in mm (checked, not used).
+    """
+    m, _, _ = check_step_inputs(mask, image, spacing)
+    return without_holes(m, in_planes)
+
+
+def without_holes(mask: np.ndarray, in_planes: bool = True) -> np.ndarray:
+    """The boolean (i, j, k) ``mask`` with every hole it encloses filled.
+
     in_planes: also fill what the mask encloses in any plane normal to i, j or k, not only in 3-D.
     Returns a new boolean (i, j, k) mask, a superset of ``mask`` that encloses no hole, so that a
     second pass changes nothing; the input is not modified. A region touching the volume's border
@@ -42,7 +51,7 @@ def fill_holes(mask: Any, image: Any, spacing: Sequence[float], in_planes: bool 
     """
     if not isinstance(in_planes, bool):
         raise ValueError(f"fill_holes in_planes must be true or false, got {in_planes!r}")
-    m, _, _ = check_step_inputs(mask, image, spacing)
+    m = np.asarray(mask, dtype=bool)
     filled = m.copy()
     if not m.any():
         return filled
