@@ -94,3 +94,15 @@ def test_union_adds_the_boxs_classical_lesion_to_what_the_model_found():
     assert kept[2, 7, 7] and kept.sum() == 27 + 64 + 1
     alone, _ = fill_empty_boxes(mask, image, boxes, union=False)
     assert alone[3:6, 3:6, 3:6].sum() == 8  # without union the model's partial answer is kept as it is
+
+
+def test_a_necrotic_core_of_the_boxs_classical_lesion_is_filled_by_default():
+    image = np.ones((20, 20, 20), np.float32)
+    image[5:14, 5:14, 5:14] = 10.0
+    image[8:11, 8:11, 8:11] = 1.0  # a cold core inside the hot rim
+    box = [[3, 3, 3, 16, 16, 16]]
+    empty = np.zeros(image.shape, bool)
+    kept, _ = fill_empty_boxes(empty, image, box)
+    assert kept[5:14, 5:14, 5:14].all() and kept.sum() == 9**3  # the rim and its core, nothing else
+    rim, _ = fill_empty_boxes(empty, image, box, fill_holes=False)
+    assert not rim[8:11, 8:11, 8:11].any() and rim.sum() == 9**3 - 3**3
