@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from wspet.metrics import dice_score
 from wspet.evaluation.reference_rows import (
     REFERENCE_ROWS,
+    box_otsu_prediction,
     box_prediction,
     box_threshold_prediction,
     tight_boxes,
@@ -122,7 +123,22 @@ def test_non_finite_image_in_a_box_is_an_error():
 
 
 def test_reference_rows_registry():
-    assert list(REFERENCE_ROWS) == ["box", "box_threshold"]
+    assert list(REFERENCE_ROWS) == ["box", "box_threshold", "box_otsu"]
+
+
+def test_box_otsu_is_each_boxs_otsu_lesion_with_its_cold_core():
+    # A hot shell (SUV 8, radius 6) around a cold core (radius 3) on a background of 1; the label is
+    # the whole tumour, as a clinician draws it, and a second, solid lesion elsewhere.
+    tumour = grid_r2((9, 9, 9)) <= 36
+    core = grid_r2((9, 9, 9)) <= 9
+    image = np.ones(SHAPE)
+    image[tumour & ~core] = 8.0
+    image[19:22, 19:22, 19:22] = 5.0
+    label = tumour.copy()
+    label[19:22, 19:22, 19:22] = True
+    pred = box_otsu_prediction(image, label)
+    assert pred.dtype == bool and np.array_equal(pred, label)
+    assert not box_otsu_prediction(image, np.zeros(SHAPE)).any()
 
 
 @settings(max_examples=40, deadline=None)

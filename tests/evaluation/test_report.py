@@ -140,15 +140,15 @@ def test_results_csv_rows_and_values(report):
     _, paths = report
     rows = read_results(paths["results_csv"])
     assert tuple(rows[0]) == RESULT_COLUMNS
-    # 3 runs x 2 cases, the best weak experiment's run kept in the test boxes x 2 cases, 2 reference rows x 2 cases
-    assert len(rows) == 12
+    # 3 runs x 2 cases, the best weak experiment's run kept in the test boxes x 2 cases, 3 reference rows x 2 cases
+    assert len(rows) == 14
     by_key = {(r["experiment"], r["seed"], r["case"]): r for r in rows}
     assert float(by_key["mdice_ms", "1", "case_a"]["dice"]) == pytest.approx(2 / 3)
     assert float(by_key["dice", "0", "case_a"]["dice"]) == pytest.approx(128 / 280)
     empty = by_key["mdice_ms", "1", "case_b"]
     assert (empty["dice"], empty["pred_empty"]) == ("0", "1")
     assert math.isnan(float(empty["ude_mm"])) and math.isnan(float(empty["hd95_mm"]))
-    assert [r["seed"] for r in rows if r["experiment"] in ("box", "box_threshold")] == [""] * 4
+    assert [r["seed"] for r in rows if r["experiment"] in ("box", "box_threshold", "box_otsu")] == [""] * 6
 
 
 def test_reference_rows_in_results(report):
@@ -204,10 +204,11 @@ def test_results_md_order_and_reference_note(report):
     summary, comparisons = text.split("## Paired differences")
     names = [ln.split("|")[1].strip() for ln in summary.splitlines()
              if ln.startswith("| ") and not ln.startswith("| experiment")]
-    assert names == ["dice", "mdice_ms", "box_prompted †", "box *", "box_threshold *"]
+    assert names == ["dice", "mdice_ms", "box_prompted †", "box *", "box_threshold *", "box_otsu *"]
     compared = [ln.split("|")[1].strip() for ln in comparisons.split("## Seed to seed")[0].splitlines()
                 if ln.startswith("| ") and not ln.startswith("| comparison")]
-    assert compared == ["dice − mdice_ms", "box_prompted − box_threshold", "box_prompted − box", "box_prompted − dice"]
+    assert compared == ["dice − mdice_ms", "box_prompted − box_threshold", "box_prompted − box", "box_prompted − dice",
+                        "box_prompted − box_otsu"]
     assert "| mdice_ms |" in comparisons.split("## Seed to seed")[1]
     assert "† `box_prompted`: the best weak experiment, `dice`" in text
     assert "tight boxes from the **test labels**" in text
@@ -300,7 +301,7 @@ def test_cli_writes_to_out_dir(report, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [
         "figure1.png", "figure2.png", "results.csv", "results.md"]
-    assert len(read_results(out / "results.csv")) == 12
+    assert len(read_results(out / "results.csv")) == 14
     # The summary table is printed, not only the paths.
     assert "| experiment | runs | n | Dice |" in proc.stdout
     assert "| mdice_ms | 2 | 4 | 0.667 ± 0.471 |" in proc.stdout
@@ -384,14 +385,14 @@ def test_figure1_is_box_plots_of_every_result_labelled(report):
     rows = results_table(runs, reference_results(runs[0].data_root))
     dice_ax, ude_ax = figure1(rows).axes
     names = [t.get_text() for t in dice_ax.get_xticklabels()]
-    assert names == ["dice", "mdice_ms", "box", "box_threshold"]
+    assert names == ["dice", "mdice_ms", "box", "box_threshold", "box_otsu"]
     # One box per experiment spanning the quartiles of its (case, seed) Dice; reference rows hatched.
     boxes = [p for p in dice_ax.patches if p.get_path().vertices.size]
-    assert len(boxes) == 4
+    assert len(boxes) == 5
     spans = [tuple(np.round(np.sort(np.unique(b.get_path().vertices[:, 1]))[[0, -1]], 6)) for b in boxes]
     mdice = [r["dice"] for r in rows if r["experiment"] == "mdice_ms"]
     assert spans[1] == tuple(np.round(np.percentile(mdice, [25, 75]), 6))
-    assert [bool(b.get_hatch()) for b in boxes] == [False, False, True, True]
+    assert [bool(b.get_hatch()) for b in boxes] == [False, False, True, True, True]
     assert [t.get_text() for t in ude_ax.get_xticklabels()][1] == "mdice_ms (n=3)"  # the empty prediction left out
     assert "whiskers" in figure1(rows)._suptitle.get_text() and "diamond: mean" in figure1(rows)._suptitle.get_text()
 

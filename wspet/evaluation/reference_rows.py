@@ -1,4 +1,4 @@
-"""The two non-learned reference rows of the report: predictions made from tight boxes
+"""The three non-learned reference rows of the report: predictions made from tight boxes
 around the true lesions of a test case, without any training.
 
 - `box`: the union of the tight boxes is the prediction (what a box annotation alone
@@ -6,8 +6,12 @@ around the true lesions of a test case, without any training.
 - `box_threshold`: inside each tight box, the voxels at or above 41% of that box's
   SUVmax (the clinical fixed-threshold method); the union over the boxes. It stands in
   for the paper's semi-automatic row (SA), which needs a click per lesion.
+- `box_otsu`: inside each tight box, the lesion that box prompts join to a model's mask
+  (`wspet.postprocess.box_prompt.fill_empty_boxes` on an empty mask: Otsu's threshold of
+  the box, the component most present in its middle, its holes filled). The report's
+  `box_prompted` row minus this one is what the model adds inside a box.
 
-Both read the test label, so they get a person's help at test time that the learned
+All read the test label, so they get a person's help at test time that the learned
 rows do not get; the report says so under its table. Arrays are (i, j, k) as nibabel
 loads them. Every function here has the signature `fn(image, label) -> bool array`,
 so the report can run them alike (`REFERENCE_ROWS`).
@@ -20,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from wspet.data.boxes import Box, boxes_from_label, boxes_to_mask
+from wspet.postprocess.box_prompt import fill_empty_boxes
 
 # The clinical fixed threshold: 41% of the lesion's SUVmax (Boellaard et al., EANM).
 DEFAULT_FRACTION = 0.41
@@ -79,8 +84,20 @@ def box_threshold_prediction(
     return pred
 
 
+def box_otsu_prediction(image: Any, label: Any) -> np.ndarray:
+    """The box prompts' classical lesion inside each tight box, as a bool (I, J, K) mask.
+
+    What ``predict.py boxes=FILE`` gives for a model that predicts nothing: per tight box of
+    `label`, Otsu's lesion of the box with its holes filled (:func:`fill_empty_boxes` with its
+    defaults); the union over the boxes. All False for an empty label.
+    """
+    img, lab = _check_pair(image, label)
+    return fill_empty_boxes(np.zeros(lab.shape, dtype=bool), img, tight_boxes(lab))[0]
+
+
 # Row name -> fn(image, label) -> bool (I, J, K) prediction, in the report's row order.
 REFERENCE_ROWS: dict[str, Callable[[Any, Any], np.ndarray]] = {
     "box": box_prediction,
     "box_threshold": box_threshold_prediction,
+    "box_otsu": box_otsu_prediction,
 }
