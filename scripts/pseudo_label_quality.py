@@ -28,7 +28,7 @@ from wspet.data.format import load_image, load_label, read_dataset
 from wspet.data.pseudo_labels import COMPONENTS, METHODS, box_lesion
 from wspet.evaluation.reference_rows import tight_boxes
 from wspet.metrics.overlap import dice_score
-from wspet.postprocess.holes import fill_holes
+from wspet.postprocess.holes import without_holes
 
 FAILED = 0.2  # a box whose label scores below this Dice teaches its lesion as background
 
@@ -61,7 +61,7 @@ def box_lesions(
             ids, counts = np.unique(inside[inside > 0], return_counts=True)
             truth = inside == ids[np.argmax(counts)]
             found, _ = box_lesion(image.array[region].astype(np.float32), method, component=component, span_box=span_box)
-            yield (fill_holes(found, None, image.spacing) if fill else found), truth
+            yield (without_holes(found) if fill else found), truth
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -192,7 +192,7 @@ def pseudo_label(
             become: ``lesion``, or ``ignore`` (uncertain: the box says the lesion reaches its faces,
             the PET does not say where the lesion's edge lies between the two thresholds).
         fill_holes: the holes each box's lesion encloses (a cold, necrotic core) become lesion
-            (:func:`wspet.postprocess.holes.fill_holes`, in 3-D and in every axis-aligned plane).
+            (:func:`wspet.postprocess.holes.without_holes`, in 3-D and in every axis-aligned plane).
 
     Where boxes overlap, a voxel is lesion if any box finds it lesion, and ignored only if no box
     finds it lesion and some box finds it uncertain.

@@ -1,4 +1,4 @@
-"""Filling a predicted lesion's holes: a tumour's contour encloses its necrotic core.
+"""Filling a lesion mask's holes: a tumour's contour encloses its necrotic core.
 
 A sarcoma or a large nodal mass often has a cold, necrotic centre inside a hot rim. A network that
 reads the PET's intensity marks the rim and leaves the core out, while the tumour volume a clinician
