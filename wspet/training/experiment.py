@@ -149,14 +149,15 @@ def run_summary(cfg: DictConfig, stages: list[StageResult]) -> dict:
         "data_root": str(Path(cfg.data.root).resolve()),
         "checkpoint": str(final.checkpoint),
         "collapsed": final.collapsed,
-        "converged": not final.not_converged,
+        "converged": not final.not_converged and not final.collapsed,
+        "collapse_recoveries": final.recoveries,
         "not_converged": final.not_converged,
         "test": final.test_summary,
         "validation": best_validation_metric(cfg, final),
         "stages": {
             s.name: {
                 "checkpoint": str(s.checkpoint), "steps": s.steps, "steps_per_second": s.steps_per_second,
-                "collapsed": s.collapsed,
+                "collapsed": s.collapsed, "collapse_recoveries": s.recoveries,
                 "not_converged": s.not_converged, "test": s.test_summary,
             }
             for s in stages
@@ -169,7 +170,10 @@ def print_results(stages: list[StageResult]) -> None:
         if stage.test_rows:
             print(format_table(stage.test_rows, f"\nTest results of stage '{stage.name}':"))
         if stage.collapsed:
-            print(f"WARNING: stage '{stage.name}' collapsed to empty predictions (see the log)")
+            print(f"WARNING: stage '{stage.name}' collapsed: every validation volume predicted empty, or all lesion (see the log)")
+        for recovery in stage.recoveries:
+            print(f"WARNING: stage '{stage.name}' collapsed at step {recovery['step']} and went on from the weights of "
+                  f"step {recovery['restored_step']} at learning rate {recovery['lr']:.3g}")
         for problem in stage.not_converged:
             print(f"WARNING: stage '{stage.name}' did not converge: {problem}")
     if len(stages) > 1 and all(s.test_rows for s in stages):

@@ -184,7 +184,7 @@ def fit_stage(
         log.warning("stage '%s' did not converge: %s", name, problem)
     return StageResult(
         name=name, checkpoint=Path(best), collapsed=guard.collapsed, steps=trainer.global_step, not_converged=problems,
-        steps_per_second=rate,
+        steps_per_second=rate, recoveries=guard.recoveries,
     )
 
 

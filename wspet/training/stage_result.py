@@ -28,6 +28,8 @@ class StageResult:
     not_converged: list[str] = field(default_factory=list)
     # Optimiser steps per second of trainer.fit's wall time, validation included (None: resumed or reused).
     steps_per_second: float | None = None
+    # Collapses the guard recovered from: {"step", "restored_step", "lr"} each (wspet.training.collapse).
+    recoveries: list[dict] = field(default_factory=list)
 
     @property
     def test_summary(self) -> dict:
