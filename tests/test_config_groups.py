@@ -237,3 +237,10 @@ def test_ema_callback_puts_the_averaged_weights_in_the_best_checkpoint(train_con
     model = LesionSegmenter.from_checkpoint(summary["checkpoint"])
     name, weight = next(iter(model.state_dict().items()))
     assert torch.equal(weight, averaged[name])
+
+
+@pytest.mark.parametrize("config", ["train", "predict"])
+def test_predicted_lesions_have_their_enclosed_holes_filled_by_default(config):
+    overrides = ["ckpt=x.ckpt", "input=x", "output=y"] if config == "predict" else []
+    cfg = compose_config(config, overrides)
+    assert cfg.postprocess.name == "fill_holes" and cfg.postprocess.fn._target_.endswith("holes.fill_holes")

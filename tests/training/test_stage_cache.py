@@ -43,6 +43,6 @@ def test_a_sweep_trains_an_identical_stage_once(train_config, tmp_path, monkeypa
     # mdice_ms_morph differs only in post-processing: both its stages come from the cache;
     # mdice shares the box-Dice stage and trains only its own.
     assert fitted == [tmp_path / "a" / "pretrain_dice", tmp_path / "a", tmp_path / "c"]
-    assert second["postprocess"] == "morphology" and first["postprocess"] == "none"
+    assert second["postprocess"] == "morphology" and first["postprocess"] == "fill_holes"
     assert (tmp_path / "b" / "checkpoints" / "best.ckpt").read_bytes() == (tmp_path / "a" / "checkpoints" / "best.ckpt").read_bytes()
     assert third["stages"]["pretrain_dice"]["test"] == first["stages"]["pretrain_dice"]["test"]
