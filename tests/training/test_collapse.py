@@ -93,7 +93,19 @@ def test_recovery_restores_the_last_healthy_weights_clears_adam_and_halves_the_r
     assert "after 1 recoveries" in caplog.text
 
 
-def test_recovery_without_a_healthy_validation_stops():
+def test_a_run_collapsed_before_any_healthy_validation_goes_back_to_its_starting_weights():
+    net, optimizer, scheduler = adam_with_poly()
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    guard = CollapseGuard(warmup_steps=0, patience=1, on_collapse="recover")
+    guard.on_train_start(fake_trainer(0, 0.0, optimizers=[optimizer], schedulers=[scheduler]), net)
+    torch.nn.init.constant_(net.bias, -50.0)
+    trainer = fake_trainer(100, 1.0, optimizers=[optimizer], schedulers=[scheduler])
+    guard.on_validation_end(trainer, net)
+    assert trainer.should_stop is False and guard.recoveries[0]["restored_step"] == 0
+    assert torch.equal(net.bias, start["bias"])
+
+
+def test_recovery_with_nothing_to_go_back_to_stops():
     guard = CollapseGuard(warmup_steps=0, patience=1, on_collapse="recover")
     trainer = fake_trainer(100, 1.0)
     guard.on_validation_end(trainer, torch.nn.Linear(1, 1))
@@ -115,7 +127,7 @@ def test_a_lowered_rate_holds_past_the_warm_up_and_through_the_decay():
         assert optimizer.param_groups[0]["lr"] == pytest.approx(reference.param_groups[0]["lr"] / 2)
 
 
-def train_saturated(train_config, tmp_path, monkeypatch, bias: float, loss: str) -> dict:
+def train_saturated(train_config, tmp_path, monkeypatch, bias: float, loss: str, action: str = "stop") -> dict:
     """``train`` for up to 4 epochs of one frozen step, the sigmoid saturated by the head's ``bias``."""
     original = stage.build_model
 
@@ -127,7 +139,7 @@ def train_saturated(train_config, tmp_path, monkeypatch, bias: float, loss: str)
     monkeypatch.setattr(stage, "build_model", saturated_model)
     overrides = [
         f"loss={loss}", "trainer.max_epochs=4", "trainer.limit_train_batches=1", "model.optimizer.lr=0.0",
-        "callbacks.collapse_guard.warmup_steps=0", "callbacks.collapse_guard.patience=2",
+        "callbacks.collapse_guard.warmup_steps=0", "callbacks.collapse_guard.patience=2", f"callbacks.collapse_guard.on_collapse={action}",
     ]
     return training.train(train_config(tmp_path, overrides))
 
@@ -150,6 +162,15 @@ def test_a_run_saturated_at_lesion_is_stopped_and_marked(train_config, tmp_path,
     assert summary["collapsed"] is True
     assert summary["test"]["pred_empty"] == 0.0 and summary["test"]["dice"] < 0.1
     assert logged(tmp_path, "val/full_fraction") == [1.0, 1.0]
+
+
+def test_a_run_collapsed_from_its_start_stops_after_its_recoveries(train_config, tmp_path, monkeypatch):
+    summary = train_saturated(train_config, tmp_path, monkeypatch, -50.0, "dice", action="recover")
+    # validations 2 and 4 each recover to the (saturated) starting weights at half the rate; max_epochs=4 ends it
+    assert [r["restored_step"] for r in summary["collapse_recoveries"]] == [0, 0]
+    assert [r["step"] for r in summary["collapse_recoveries"]] == [2, 4]
+    assert summary["collapsed"] is True and summary["converged"] is False  # it ended collapsed
+    assert logged(tmp_path, "val/empty_fraction") == [1.0] * 4
 
 
 class DivergeOnce(Callback):
