@@ -7,10 +7,14 @@ labels of ``ROOT``. It prints each case's Dice without and with the step, and th
 (mean ± sample std, cases higher and lower), so a step can be judged on runs already trained.
 
     python scripts/postprocess_gain.py outputs/RUN data/phantom --postprocess fill_holes [--csv OUT.csv]
+
+The run must have been trained with ``postprocess=none`` (the default is ``fill_holes``).
 """
+
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -31,6 +35,23 @@ def postprocess_step(name: str):
     if name not in known or name == "none":
         raise SystemExit(f"--postprocess {name!r}: choose one of {[k for k in known if k != 'none']}")
     return instantiate(OmegaConf.load(POSTPROCESS_DIR / f"{name}.yaml").fn)
+
+
+def check_unprocessed(run: Path) -> None:
+    """Refuse a run whose kept masks were already post-processed (its summary.json's ``postprocess``
+    is not ``none``): their "without" column would hold the step's output, not the network's."""
+    summary_path = run / "summary.json"
+    if not summary_path.is_file():
+        return
+    try:
+        done = json.loads(summary_path.read_text()).get("postprocess", "none")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise SystemExit(f"{summary_path}: not a run summary ({error})") from None
+    if done != "none":
+        raise SystemExit(
+            f"{summary_path}: the kept masks were post-processed with {done!r}; "
+            "compare runs trained with postprocess=none"
+        )
 
 
 def scored_cases(run: Path, root: str, step) -> list[dict]:
@@ -69,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--postprocess", default="fill_holes", help="a file name of conf/postprocess/ (default fill_holes)")
     parser.add_argument("--csv", type=Path, help="write the per-case rows here (refused if it exists)")
     args = parser.parse_args(argv)
+    check_unprocessed(args.run)
     rows = scored_cases(args.run, args.root, postprocess_step(args.postprocess))
     if not rows:
         raise SystemExit(f"{args.run}: no kept test mask has a label in {args.root}")

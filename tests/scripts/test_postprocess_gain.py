@@ -69,3 +69,15 @@ def test_a_run_without_kept_masks_is_refused(tmp_path):
     root, _, _, _ = write_run_with_a_hollow_prediction(tmp_path)
     with pytest.raises(SystemExit, match="no kept test mask"):
         postprocess_gain.main([str(tmp_path / "empty"), str(root)])
+
+
+def test_a_run_whose_masks_were_already_filled_is_refused(tmp_path):
+    root, run, _, _ = write_run_with_a_hollow_prediction(tmp_path)
+    (run / "summary.json").write_text(json.dumps({"postprocess": "fill_holes"}))
+    with pytest.raises(SystemExit, match="post-processed with 'fill_holes'"):
+        postprocess_gain.main([str(run), str(root)])
+    (run / "summary.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="not a run summary"):
+        postprocess_gain.main([str(run), str(root)])
+    (run / "summary.json").write_text(json.dumps({"postprocess": "none"}))
+    postprocess_gain.main([str(run), str(root)])  # the plain output is accepted
