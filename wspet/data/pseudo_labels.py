@@ -9,7 +9,10 @@ background. Voxels whose label is uncertain are marked :data:`IGNORE` so that th
 - foreground voxels on the box's outermost layer, where a coarse box may cut through the lesion
   or through neighbouring uptake;
 - with ``span_box`` and ``span_gap="ignore"``, the voxels between the method's lesion and the one
-  grown to the faces of a tight box (:func:`spanning_lesion`).
+  grown to the faces of a tight box (:func:`spanning_lesion`);
+- with ``ellipsoid=[inner, outer]`` (tight boxes), the voxels of the ellipsoid inscribed in the box
+  scaled by ``outer`` that are not lesion; the ellipsoid scaled by ``inner`` is lesion
+  (:func:`inscribed_ellipsoid`).
 
 Inside a box the threshold may pass several connected components: the box's lesion and uptake the
 box cuts (an organ's edge, a neighbouring lesion). :data:`COMPONENTS` are the two rules for which
@@ -173,6 +176,7 @@ def pseudo_label(
     span_box: bool = False,
     span_gap: str = "lesion",
     fill_holes: bool = False,
+    ellipsoid: Sequence[float] | None = None,
 ) -> np.ndarray:
     """A ``uint8`` (I, J, K) map: :data:`LESION` inside boxes where the method finds the lesion,
     :data:`IGNORE` where the label is uncertain, :data:`BACKGROUND` elsewhere.
@@ -193,6 +197,11 @@ def pseudo_label(
             the PET does not say where the lesion's edge lies between the two thresholds).
         fill_holes: the holes each box's lesion encloses (a cold, necrotic core) become lesion
             (:func:`wspet.postprocess.holes.without_holes`, in 3-D and in every axis-aligned plane).
+        ellipsoid: ``[inner, outer]`` with ``0 < inner <= outer``, for tight boxes, or ``None``: a
+            shape prior. A tight box is drawn around its lesion's extent, which uptake may not fill
+            (a cold core, a contour wider than the uptake). The box's inscribed ellipsoid scaled by
+            ``inner`` becomes lesion as well as the method's lesion, and the rest of the one scaled
+            by ``outer`` is ignored (:func:`inscribed_ellipsoid`).
 
     Where boxes overlap, a voxel is lesion if any box finds it lesion, and ignored only if no box
     finds it lesion and some box finds it uncertain.
@@ -205,6 +214,7 @@ def pseudo_label(
         raise ValueError(f"pseudo-label span_gap {span_gap!r} is not one of {SPAN_GAPS}")
     if not isinstance(fill_holes, bool):
         raise ValueError(f"pseudo-label fill_holes must be true or false, got {fill_holes!r}")
+    inner, outer = _ellipsoid_scales(ellipsoid)
     # Imported here: wspet.postprocess reads this module's box_lesion for box prompts.
     from wspet.postprocess.holes import without_holes
 
@@ -226,10 +236,33 @@ def pseudo_label(
             doubt |= np.abs(values - threshold) < band * abs(threshold)
         if ignore_box_edge:
             doubt |= found & _edge_layer(values.shape)
+        if ellipsoid is not None:
+            core = inscribed_ellipsoid(values.shape, inner)
+            found |= core
+            doubt = (doubt | (inscribed_ellipsoid(values.shape, outer) & ~found)) & ~core
         lesion[region] |= found & ~doubt
         uncertain[region] |= doubt
     label = np.where(lesion, LESION, np.where(uncertain, IGNORE, BACKGROUND))
     return label.astype(np.uint8)
+
+
+def inscribed_ellipsoid(shape: Sequence[int], scale: float = 1.0) -> np.ndarray:
+    """Boolean ``shape`` mask of the ellipsoid inscribed in a box of ``shape`` voxels, its semi-axes
+    multiplied by ``scale`` (voxel centres within it; ``scale`` above 1 reaches past the faces)."""
+    axes = np.meshgrid(*[(np.arange(n) + 0.5) / n * 2 - 1 for n in shape], indexing="ij", sparse=True)
+    return sum(axis**2 for axis in axes) <= scale**2
+
+
+def _ellipsoid_scales(ellipsoid: Sequence[float] | None) -> tuple[float, float]:
+    if ellipsoid is None:
+        return 0.0, 0.0
+    try:
+        inner, outer = (float(scale) for scale in ellipsoid)
+    except (TypeError, ValueError):
+        raise ValueError(f"pseudo-label ellipsoid must be [inner, outer] or null, got {ellipsoid!r}") from None
+    if not 0.0 < inner <= outer:
+        raise ValueError(f"pseudo-label ellipsoid [{inner}, {outer}] needs 0 < inner <= outer")
+    return inner, outer
 
 
 def _edge_layer(shape: tuple[int, ...]) -> np.ndarray:
