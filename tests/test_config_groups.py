@@ -209,6 +209,13 @@ def test_span_gap_reaches_the_pseudo_labels_and_is_lesion_by_default(overrides, 
     assert build_datamodule(cfg).pseudo_labels["span_gap"] == span_gap
 
 
+@pytest.mark.parametrize(("overrides", "ellipsoid"), [([], None), (["loss.pseudo_labels.ellipsoid=[0.8,1.0]"], [0.8, 1.0])])
+def test_ellipsoid_reaches_the_pseudo_labels_and_is_off_by_default(overrides, ellipsoid, tmp_path):
+    cfg = compose_config("train", [f"data.root={tmp_path}", "data.phantom=null", "loss=pseudo", *overrides])
+    given = build_datamodule(cfg).pseudo_labels["ellipsoid"]
+    assert (None if given is None else list(given)) == ellipsoid
+
+
 @pytest.mark.parametrize(("overrides", "fill"), [([], False), (["loss.pseudo_labels.fill_holes=true"], True)])
 def test_fill_holes_reaches_the_pseudo_labels_and_is_off_by_default(overrides, fill, tmp_path):
     cfg = compose_config("train", [f"data.root={tmp_path}", "data.phantom=null", "loss=pseudo", *overrides])

@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from wspet.data.pseudo_labels import BACKGROUND, IGNORE, LESION, METHODS, central_component, pseudo_label
+from wspet.data.boxes import box_region
+from wspet.data.pseudo_labels import (
+    BACKGROUND,
+    IGNORE,
+    LESION,
+    METHODS,
+    central_component,
+    inscribed_ellipsoid,
+    pseudo_label,
+)
 from wspet.losses.dice_ce import IGNORE_INDEX
 
 
@@ -204,3 +213,51 @@ def test_fill_holes_is_refused_when_not_a_boolean():
     image, _ = sphere_scan()
     with pytest.raises(ValueError, match="fill_holes must be true or false, got 'yes'"):
         pseudo_label(image, [[12, 10, 6, 29, 27, 23]], fill_holes="yes")
+
+
+def test_inscribed_ellipsoid_fills_pi_over_six_of_its_box_and_touches_every_face():
+    shape = (40, 30, 20)
+    ellipsoid = inscribed_ellipsoid(shape)
+    assert ellipsoid.sum() / ellipsoid.size == pytest.approx(np.pi / 6, abs=0.01)
+    faces = [ellipsoid[0], ellipsoid[-1], ellipsoid[:, 0], ellipsoid[:, -1], ellipsoid[:, :, 0], ellipsoid[:, :, -1]]
+    assert all(face.any() for face in faces)
+    assert not inscribed_ellipsoid(shape, 0.8)[0].any()
+    assert inscribed_ellipsoid(shape, 0.5).sum() / ellipsoid.size == pytest.approx(np.pi / 48, abs=0.005)
+
+
+def test_ellipsoid_makes_its_inner_part_lesion_and_ignores_the_rest_of_its_outer_part():
+    image, truth, tight = tumour_with_faint_rim()  # Otsu keeps the hot core alone
+    plain = pseudo_label(image, [tight], band=0.0, ignore_box_edge=False)
+    prior = pseudo_label(image, [tight], band=0.0, ignore_box_edge=False, ellipsoid=[0.8, 1.0])
+    region = box_region(tight)
+    shape = tuple(stop - start for start, stop in zip(tight[:3], tight[3:]))
+    inner, outer = inscribed_ellipsoid(shape, 0.8), inscribed_ellipsoid(shape, 1.0)
+    assert (prior[region][inner] == LESION).all()
+    assert np.array_equal(prior == LESION, (plain == LESION) | _in_box(inner, tight, image.shape))
+    assert np.array_equal(prior[region] == IGNORE, outer & (prior[region] != LESION))
+    assert (prior[region][~outer & (plain[region] != LESION)] == BACKGROUND).all()
+    assert dice(prior == LESION, truth) > dice(plain == LESION, truth) + 0.3
+    outside = ~_in_box(np.ones(shape, dtype=bool), tight, image.shape)
+    assert np.array_equal(prior[outside], plain[outside])
+
+
+@pytest.mark.parametrize(
+    ("ellipsoid", "message"),
+    [
+        ([0.9, 0.8], "needs 0 < inner <= outer"),
+        ([0.0, 1.0], "needs 0 < inner"),
+        (0.8, "must be \\[inner, outer\\] or null, got 0.8"),
+        (["a", 1], "must be \\[inner, outer\\]"),
+        ([0.5, 0.8, 1.0], "must be \\[inner, outer\\]"),
+    ],
+)
+def test_ellipsoid_is_refused_unless_two_ordered_positive_scales(ellipsoid, message):
+    image, _, tight = tumour_with_faint_rim()
+    with pytest.raises(ValueError, match=message):
+        pseudo_label(image, [tight], ellipsoid=ellipsoid)
+
+
+def _in_box(mask: np.ndarray, box: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    full = np.zeros(shape, dtype=bool)
+    full[box_region(box)] = mask
+    return full
