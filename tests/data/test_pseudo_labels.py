@@ -249,6 +249,7 @@ def test_ellipsoid_makes_its_inner_part_lesion_and_ignores_the_rest_of_its_outer
         (0.8, "must be \\[inner, outer\\] or null, got 0.8"),
         (["a", 1], "must be \\[inner, outer\\]"),
         ([0.5, 0.8, 1.0], "must be \\[inner, outer\\]"),
+        ("12", "must be \\[inner, outer\\] or null, got '12'"),
     ],
 )
 def test_ellipsoid_is_refused_unless_two_ordered_positive_scales(ellipsoid, message):

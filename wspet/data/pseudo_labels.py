@@ -248,7 +248,7 @@ def pseudo_label(
 
 def inscribed_ellipsoid(shape: Sequence[int], scale: float = 1.0) -> np.ndarray:
     """Boolean ``shape`` mask of the ellipsoid inscribed in a box of ``shape`` voxels, its semi-axes
-    multiplied by ``scale`` (voxel centres within it; ``scale`` above 1 reaches past the faces)."""
+    multiplied by ``scale`` (voxel centres within it; above 1 it is cut by the faces, reaching into the corners)."""
     axes = np.meshgrid(*[(np.arange(n) + 0.5) / n * 2 - 1 for n in shape], indexing="ij", sparse=True)
     return sum(axis**2 for axis in axes) <= scale**2
 
@@ -256,6 +256,8 @@ def inscribed_ellipsoid(shape: Sequence[int], scale: float = 1.0) -> np.ndarray:
 def _ellipsoid_scales(ellipsoid: Sequence[float] | None) -> tuple[float, float]:
     if ellipsoid is None:
         return 0.0, 0.0
+    if isinstance(ellipsoid, str):  # a string iterates by character: "12" would read as [1, 2]
+        raise ValueError(f"pseudo-label ellipsoid must be [inner, outer] or null, got {ellipsoid!r}")
     try:
         inner, outer = (float(scale) for scale in ellipsoid)
     except (TypeError, ValueError):
