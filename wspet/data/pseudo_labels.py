@@ -256,10 +256,10 @@ def inscribed_ellipsoid(shape: Sequence[int], scale: float = 1.0) -> np.ndarray:
 def _ellipsoid_scales(ellipsoid: Sequence[float] | None) -> tuple[float, float]:
     if ellipsoid is None:
         return 0.0, 0.0
-    if isinstance(ellipsoid, str):  # a string iterates by character: "12" would read as [1, 2]
-        raise ValueError(f"pseudo-label ellipsoid must be [inner, outer] or null, got {ellipsoid!r}")
+    # A string iterates by character ("12" would read as [1, 2]), so it is no list of scales.
+    scales = None if isinstance(ellipsoid, str) else ellipsoid
     try:
-        inner, outer = (float(scale) for scale in ellipsoid)
+        inner, outer = (float(scale) for scale in scales)
     except (TypeError, ValueError):
         raise ValueError(f"pseudo-label ellipsoid must be [inner, outer] or null, got {ellipsoid!r}") from None
     if not 0.0 < inner <= outer:
