@@ -231,7 +231,8 @@ def test_every_model_key_is_an_argument_of_the_module_it_builds():
     arguments = set(inspect.signature(get_class(cfg.model._target_)).parameters)
     keys = set(cfg.model) - {"_target_"}
     assert keys <= arguments, sorted(keys - arguments)
-    assert arguments - keys == {"loss", "supervision", "preprocessing", "training_spacing", "training_flips"}
+    assert arguments - keys == {"loss", "supervision", "preprocessing", "training_spacing", "training_flips",
+                                "training_orientation"}
 
 
 def test_ema_callback_puts_the_averaged_weights_in_the_best_checkpoint(train_config, tmp_path):

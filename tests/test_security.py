@@ -225,3 +225,11 @@ def test_bad_training_flips_in_a_checkpoint_are_refused_by_file_and_value(clean_
     with pytest.raises(ValueError, match=r"flips.ckpt: hyper-parameters do not build a wspet model: the checkpoint's "
                                          r"training_flips .* are not distinct volume axes"):
         LesionSegmenter.from_checkpoint(path)
+
+
+@pytest.mark.parametrize("codes", [["L", "L", "S"], "LPS", [0, 1, 2], {"_target_": "os.system"}])
+def test_a_bad_training_orientation_in_a_checkpoint_is_refused_by_file_and_value(clean_checkpoint, tmp_path, codes):
+    path = _with_hparams(clean_checkpoint, tmp_path / "axes.ckpt", training_orientation=codes)
+    with pytest.raises(ValueError, match=r"axes.ckpt: hyper-parameters do not build a wspet model: the checkpoint's "
+                                         r"training_orientation .* is not three axis codes"):
+        LesionSegmenter.from_checkpoint(path)

@@ -761,3 +761,31 @@ def test_auto_mirrors_along_the_flips_the_checkpoint_records(checkpoint, scan, t
     mask = np.asarray(nib.load(predict(cfg)[0]).dataobj).astype(bool)
     assert np.array_equal(mask, mirrored > threshold) and not np.array_equal(mask, plain > threshold)
     assert "records no training flips" not in caplog.text
+
+
+def test_a_scan_stored_in_another_axis_order_gets_the_mask_of_the_scan_in_the_training_order(checkpoint, scan, tmp_path,
+                                                                                              caplog):
+    from wspet.model.orientation import turn_to
+
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["hyper_parameters"]["training_orientation"] = ["L", "P", "S"]  # the scan fixture's axes
+    oriented = tmp_path / "oriented.ckpt"
+    torch.save(saved, oriented)
+    image = nib.load(scan)
+    turn = turn_to(image.affine, ("S", "R", "A"))
+    array, affine = turn.apply(np.asarray(image.dataobj), image.affine)
+    other = tmp_path / "other" / "patient 1.nii.gz"  # the same scan as another converter would store it
+    other.parent.mkdir()
+    nib.save(nib.Nifti1Image(array, affine), other)
+    threshold = float(np.median(plain_and_mirrored(oriented, scan, ())[0]))
+    with caplog.at_level("INFO", logger="wspet.inference.sliding_window"):
+        masks = [
+            np.asarray(nib.load(predict(predict_config(oriented, path, tmp_path / name, lesions_csv=False,
+                                                       mip_png=False, threshold=threshold))[0]).dataobj).astype(bool)
+            for path, name in ((scan, "lps"), (other, "sra"))
+        ]
+    assert 0 < masks[0].sum() < masks[0].size
+    assert masks[1].shape == array.shape
+    np.testing.assert_array_equal(masks[1], turn.apply(masks[0], image.affine)[0])
+    assert f"{other}: voxel axes SRA, the model's training volumes LPS" in caplog.text
+    assert caplog.text.count("voxel axes") == 1  # the scan in the training order is not turned

@@ -166,6 +166,17 @@ def test_the_checkpoint_records_the_flips_training_saw(train_config, tmp_path, o
     assert checkpoint["hyper_parameters"]["training_flips"] == flips
 
 
+def test_the_checkpoint_records_the_axis_codes_of_the_training_volumes(tiny_dataset, config_on, tmp_path):
+    root = tmp_path / "lps"
+    shutil.copytree(tiny_dataset, root)
+    for path in root.rglob("*.nii.gz"):  # the same arrays, stored with LPS axes instead of the phantoms' RAS
+        image = nib.load(path)
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine), path)
+    summary = train(config_on(root, tmp_path / "run", ["trainer.fast_dev_run=1", "evaluate.split=none"]))
+    checkpoint = torch.load(summary["checkpoint"], weights_only=True)
+    assert checkpoint["hyper_parameters"]["training_orientation"] == ["L", "P", "S"]
+
+
 def test_deep_supervision_trains_its_heads_and_the_checkpoint_predicts(train_config, tmp_path):
     deep = ["loss=pseudo", "model.net.deep_supervision=true", "model.net.features=[4,8,16,32]"]
     summary = train(train_config(tmp_path, [*deep, "trainer.log_every_n_steps=1", *FAST]))

@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,11 +232,17 @@ def spacing_problems(
     return problems
 
 
+def majority_orientation(orientations: Iterable[tuple[str, ...]]) -> tuple[str, ...] | None:
+    """The axis codes (``("L", "P", "S")``) most volumes have, the first seen on a tie; None for none."""
+    counts = Counter(orientations)
+    return counts.most_common(1)[0][0] if counts else None
+
+
 def _orientation_warnings(orientations: dict[str, tuple[str, ...]], cases: dict[str, CaseEntry]) -> list[str]:
     """Cases whose voxel axes point elsewhere than most cases' (boxes and patches follow the array)."""
-    if not orientations:
+    usual = majority_orientation(orientations.values())
+    if usual is None:
         return []
-    usual, _ = Counter(orientations.values()).most_common(1)[0]
     return [
         f"{cases[name].image}: voxel axes {''.join(codes)} differ from most cases' {''.join(usual)};"
         " the network sees arrays, not patient space: reorient it (nibabel.as_closest_canonical)"

@@ -22,7 +22,7 @@ import torchio as tio
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
 from wspet.data.boxes import boxes_to_mask
-from wspet.data.check import SUPERVISIONS, validate_dataset
+from wspet.data.check import SUPERVISIONS, majority_orientation, validate_dataset
 from wspet.data.format import CaseEntry, DatasetError, case_boxes, load_image, load_label, load_label_map, read_dataset
 from wspet.data.preprocessing import Preprocessing
 from wspet.data.pseudo_labels import IGNORE, pseudo_label
@@ -223,6 +223,7 @@ class PetDataModule(L.LightningDataModule):
         self.box_margin_mm = box_margin_mm
         self.flip_axes = tuple(flip_axes)
         self._median_spacing: list[float] | None = None  # set by setup()
+        self._orientation: list[str] | None = None  # set by setup()
         self.flip_probability = flip_probability
         self.noise_std = noise_std
         self.affine = dict(affine) if affine else None
@@ -267,6 +268,8 @@ class PetDataModule(L.LightningDataModule):
         val = [self._subject(c, read_label=full or self.val_labels) for c in val_cases]
         spacings = np.array([subject["image"].spacing for subject in train])
         self._median_spacing = [round(float(s), 6) for s in np.median(spacings, axis=0)]
+        usual = majority_orientation(subject["image"].orientation for subject in train)
+        self._orientation = list(usual) if usual else None
         # The deterministic steps run once here, not at every draw: a step's batch then costs only
         # the augmentation and the patch (the loader was 9% of a bf16 step, docs/performance.md).
         prepare = self.volume_transform()
@@ -277,6 +280,13 @@ class PetDataModule(L.LightningDataModule):
     def median_spacing(self) -> list[float] | None:
         """Median voxel spacing in mm of the training volumes as read (before resampling); None before setup."""
         return self._median_spacing
+
+    def orientation(self) -> list[str] | None:
+        """Axis codes (``["L", "P", "S"]``) most training volumes have; None before setup.
+
+        Volumes are not turned to one orientation in training; :meth:`check` warns when they differ.
+        """
+        return self._orientation
 
     def _subject(self, case: CaseEntry, read_label: bool) -> tio.Subject:
         subject = make_subject(

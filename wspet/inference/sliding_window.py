@@ -28,6 +28,7 @@ from wspet.data.check import spacing_text
 from wspet.data.format import Volume
 from wspet.model.flips import AUTO_MIRROR, check_mirror_axes, model_mirror_axes
 from wspet.model.module import LesionSegmenter
+from wspet.model.orientation import model_orientation, turn_to
 from wspet.model.precision import AUTO, resolve_precision
 
 # fn(mask, image, spacing) -> mask: a step of conf/postprocess.
@@ -203,7 +204,10 @@ def predict_probabilities(
     (CPU or GPU), ``batch_size`` windows per forward pass, and the probabilities resampled back to
     the volume's own grid. Memory grows with the window and ``batch_size`` (activations) and with the volume (a few float32
     copies), not with the number of windows. ``affine`` (voxel to world, mm) is needed only by
-    a model trained at a target spacing; ValueError if it is then missing.
+    a model trained at a target spacing; ValueError if it is then missing. A volume whose axis
+    order differs from the training volumes' (``training_orientation``) is turned to it first
+    and its probabilities turned back (:mod:`wspet.model.orientation`); ``window``, ``overlap``
+    and ``mirror_axes`` are then axes of the turned volume, as in training.
 
     ``precision`` is resolved as the trainer's (:func:`wspet.model.precision.resolve_precision`): with
     ``auto``, the network runs under bf16 autocast on CPUs with AVX512-BF16 or AMX and on GPUs
@@ -214,6 +218,11 @@ def predict_probabilities(
     """
     if image.ndim != 3:
         raise ValueError(f"image shape {image.shape} is not 3D")
+    turn = turn_to(affine, model_orientation(model))
+    if turn is not None:  # its probabilities computed in the training orientation, returned on its own grid
+        turned, turned_affine = turn.apply(image, affine)
+        return turn.undo(predict_probabilities(model, turned, turned_affine, window, overlap, batch_size,
+                                               precision, progress, mirror_axes))
     check_window(window, overlap, model.net.divisor)
     mirror_axes = model_mirror_axes(model, mirror_axes)
     model.eval()
@@ -233,19 +242,30 @@ def predict_probabilities(
     return prepare.to_native_grid(probs, network_affine, image.shape, affine)
 
 
+def log_turn(model: LesionSegmenter, image: Volume) -> bool:
+    """True (and a logged note) when ``image`` is turned to the axis order ``model`` was trained in."""
+    turn = turn_to(image.affine, model_orientation(model))
+    if turn is not None:
+        log.info("%s: voxel axes %s, the model's training volumes %s: predicted turned to %s, the mask put back "
+                 "on the scan's own grid", image.path, "".join(turn.source), "".join(turn.target), "".join(turn.target))
+    return turn is not None
+
+
 def warn_if_spacing_differs(model: LesionSegmenter, image: Volume) -> bool:
     """True (and a logged warning) when the network would see voxels of another size than in training."""
     trained = model.hparams.get("training_spacing")
     if trained is None or model.preprocessing.target_spacing is not None:
         return False  # unknown, or resampled to the training spacing anyway
-    ratios = np.maximum(np.divide(image.spacing, trained), np.divide(trained, image.spacing))
+    turn = turn_to(image.affine, model_orientation(model))
+    spacing = image.spacing if turn is None else turn.spacing(image.spacing)  # as the network will see it
+    ratios = np.maximum(np.divide(spacing, trained), np.divide(trained, spacing))
     if not np.any(ratios > SPACING_WARNING_RATIO):
         return False
     log.warning(
         "%s: spacing %s mm is %.2fx off the %s mm the model was trained on; lesions will look %s to it. "
         "Resample the scan, or train with data.target_spacing set (docs/training.md)",
-        image.path, spacing_text(image.spacing), float(ratios.max()), spacing_text(trained),
-        "larger" if np.prod(image.spacing) < np.prod(trained) else "smaller",
+        image.path, spacing_text(spacing), float(ratios.max()), spacing_text(trained),
+        "larger" if np.prod(spacing) < np.prod(trained) else "smaller",
     )
     return True
 
@@ -277,6 +297,7 @@ def predict_mask(
         raise ValueError("no model to predict with")
     probs = None
     for member in models:
+        log_turn(member, image)
         warn_if_spacing_differs(member, image)
         member_probs = predict_probabilities(member, image.array, image.affine, window, overlap, batch_size,
                                              progress=progress, mirror_axes=mirror_axes)

@@ -18,6 +18,7 @@ from wspet.losses.deep_supervision import deep_supervision_loss
 from wspet.model.checkpoint import check_target, load_checkpoint, loss_classes
 from wspet.model.flips import AUTO_MIRROR, model_mirror_axes
 from wspet.model.lr_schedule import lr_schedule
+from wspet.model.orientation import model_orientation
 from wspet.model.unet3d import UNet3D
 
 # A validation volume predicted lesion in more than this share of its voxels counts as "full"
@@ -26,7 +27,7 @@ FULL_SHARE = 0.5
 
 ARGUMENTS = (
     "net", "loss", "supervision", "optimizer", "channels_last", "preprocessing", "training_spacing", "scheduler",
-    "training_flips",
+    "training_flips", "training_orientation",
 )
 
 
@@ -51,6 +52,9 @@ class LesionSegmenter(L.LightningModule):
         training_flips: the volume axes that training's augmentation flipped (``data.flip_axes``;
             empty when ``flip_probability`` is 0), so that test-time mirroring (``mirror_axes: auto``)
             shows the network only views it was taught (``None``: unknown, an older checkpoint).
+        training_orientation: the axis codes of the training volumes (``["L", "P", "S"]``; the
+            most common where they differ), so that prediction turns a scan stored in another axis
+            order to them (:mod:`wspet.model.orientation`; ``None``: unknown, an older checkpoint).
         init_from: a checkpoint whose network weights start training (the paper's second stage);
             its network config must equal ``net``. Not saved in the checkpoint.
 
@@ -72,12 +76,14 @@ class LesionSegmenter(L.LightningModule):
         training_spacing: list[float] | None = None,
         scheduler: dict | None = None,
         training_flips: list[int] | None = None,
+        training_orientation: list[str] | None = None,
         init_from: str | Path | None = None,
     ) -> None:
         super().__init__()
         # Built by Hydra, these may arrive as config containers; the checkpoint must hold plain values.
-        net, loss, optimizer, scheduler, preprocessing, training_spacing, training_flips = (
-            _plain(v) for v in (net, loss, optimizer, scheduler, preprocessing, training_spacing, training_flips)
+        net, loss, optimizer, scheduler, preprocessing, training_spacing, training_flips, training_orientation = (
+            _plain(v) for v in (net, loss, optimizer, scheduler, preprocessing, training_spacing, training_flips,
+                                training_orientation)
         )
         self.save_hyperparameters(ignore=["init_from"])
         self.preprocessing = Preprocessing.from_dict(preprocessing)
@@ -176,7 +182,7 @@ class LesionSegmenter(L.LightningModule):
         against the allow-lists); the loss is not built, since predicting needs none. Raises
         FileNotFoundError for a missing file and ValueError naming the file when it is not a
         readable weights-only checkpoint, not a wspet checkpoint, names a loss or optimizer outside
-        the allow-lists, holds bad ``training_flips``, or its weights do not fit its network config
+        the allow-lists, holds bad ``training_flips`` or ``training_orientation``, or its weights do not fit its network config
         (missing and unexpected keys are listed).
         """
         checkpoint = load_checkpoint(path, map_location)
@@ -185,6 +191,7 @@ class LesionSegmenter(L.LightningModule):
         try:
             model = cls(loss=None, **arguments)
             model_mirror_axes(model, AUTO_MIRROR)  # its training flips, read by test-time mirroring
+            model_orientation(model)  # its axis codes, read by every prediction
         except (TypeError, ValueError) as error:  # e.g. an unknown U-Net argument
             raise ValueError(f"{path}: hyper-parameters do not build a wspet model: {error}") from None
         try:

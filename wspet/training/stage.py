@@ -57,6 +57,7 @@ def build_model(cfg: DictConfig, init_from: str | None, data: PetDataModule) -> 
         preprocessing=data.preprocessing.as_dict(),
         training_spacing=data.median_spacing(),
         training_flips=list(data.flip_axes) if data.flip_probability > 0 else [],
+        training_orientation=data.orientation(),
         init_from=init_from,
         _recursive_=False,
     )
