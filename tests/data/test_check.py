@@ -14,6 +14,7 @@ import pytest
 
 from wspet.data.check import main
 from wspet.datasets.phantom import write_phantom_dataset
+from tests.data.helpers import store_in_other_axes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,3 +113,16 @@ def test_validate_images_for_prediction(clean, tmp_path):
     assert "truncated" in report.problems[0] and "all-zero volume" in report.problems[1]
     report = validate_images([*images, tmp_path / "missing.nii.gz"], root=tmp_path)
     assert report.problems == ["missing.nii.gz: file does not exist"]
+
+
+def test_spacings_are_compared_in_the_majority_axis_order(tmp_path):
+    """A case stored with its axes permuted has the same voxels: its spacing is not refused, only noted."""
+    from wspet.data.check import validate_dataset
+
+    root = tmp_path / "set"
+    write_phantom_dataset(root, n_train=3, n_test=1, seed=2, shape=(24, 24, 24), spacing=(2.0, 2.0, 4.0))
+    store_in_other_axes(root, "hn_001", "SRA")
+    report = validate_dataset(root, max_spacing_ratio=1.2)
+    assert report.spacings["hn_001"] == (4.0, 2.0, 2.0)  # as stored
+    assert report.problems == []
+    assert [w for w in report.warnings if "voxel axes SRA differ from most cases' RAS" in w], report.warnings

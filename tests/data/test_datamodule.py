@@ -5,6 +5,7 @@ import torch
 from wspet.data import format as dataset_format
 from wspet.data.datamodule import PetDataModule, split_validation
 from wspet.data.sampling import BoxCentredSampler, box_sampling_weights
+from tests.data.helpers import drop_boxes, store_in_other_axes
 
 
 def test_split_is_seeded_and_disjoint(tiny_dataset):
@@ -170,3 +171,29 @@ def test_intensity_scale_multiplies_the_image_only(tiny_dataset):
 def test_a_bad_intensity_scale_is_refused(tiny_dataset, value):
     with pytest.raises(ValueError, match="intensity_scale"):
         PetDataModule(tiny_dataset, intensity_scale=value)
+
+
+def test_a_volume_stored_in_another_axis_order_is_turned_to_the_majoritys(tmp_path):
+    """Turned in setup, the case's image, boxes and pseudo-labels are those of the same case
+    stored like the others; the median spacing is compared in that axis order."""
+    from wspet.datasets.phantom import write_phantom_dataset
+
+    roots = {}
+    for kind in ("usual", "turned"):
+        roots[kind] = tmp_path / kind
+        write_phantom_dataset(roots[kind], n_train=4, n_test=1, seed=5, shape=(32, 28, 24), spacing=(2.0, 2.5, 4.0))
+    drop_boxes(roots["usual"], "hn_001")
+    store_in_other_axes(roots["turned"], "hn_001", "SLP")
+    modules = {}
+    for kind, root in roots.items():
+        modules[kind] = PetDataModule(root, supervision="pseudo", volume_size=None, patch_size=(16, 16, 16),
+                                      val_fraction=0.25, pseudo_labels={"method": "otsu"})
+        modules[kind].check()  # the turned case's spacing (4, 2, 2.5) is not refused
+        modules[kind].setup()
+    usual, turned = ({s["name"]: s for s in m.train_subjects + m.val_subjects} for m in modules.values())
+    assert turned["hn_001"]["image"].orientation == ("R", "A", "S")
+    for key in ("image", "box", "pseudo"):
+        assert torch.equal(turned["hn_001"][key].data, usual["hn_001"][key].data), key
+    assert turned["hn_001"]["box"].data.sum() > 0
+    assert modules["turned"].orientation() == ["R", "A", "S"]
+    assert modules["turned"].median_spacing() == modules["usual"].median_spacing() == [2.0, 2.5, 4.0]

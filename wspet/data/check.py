@@ -31,6 +31,7 @@ from wspet.data.format import (
     load_label,
     scan_dataset,
 )
+from wspet.model.orientation import turn_to
 
 SUPERVISIONS = ("box", "label", "pseudo")
 DEFAULT_MAX_SPACING_RATIO = 1.2
@@ -107,6 +108,7 @@ def validate_dataset(
     report.problems += [relative(f"dataset.json: {p}") for p in scan.problems]
     report.n_training, report.n_test = len(scan.index.training), len(scan.index.test)
     orientations: dict[str, tuple[str, ...]] = {}
+    affines: dict[str, np.ndarray] = {}
     for split in splits:
         for case in scan.index.split(split):
             check_boxes = case.name not in scan.flawed  # a flawed entry's boxes are reported already
@@ -114,9 +116,12 @@ def validate_dataset(
             if image is not None:
                 report.spacings[case.name] = image.spacing
                 orientations[case.name] = nib.aff2axcodes(image.affine)
+                affines[case.name] = image.affine
     cases = {c.name: c for split in splits for c in scan.index.split(split)}
     if max_spacing_ratio is not None:
-        report.problems += [relative(p) for p in spacing_problems(report.spacings, cases, max_spacing_ratio)]
+        # Training turns every volume to the majority's axis order, so spacings compare in that order.
+        turned = spacings_in_order(report.spacings, affines, majority_orientation(orientations.values()))
+        report.problems += [relative(p) for p in spacing_problems(turned, cases, max_spacing_ratio)]
     report.warnings += [relative(w) for w in _orientation_warnings(orientations, cases)]
     return report
 
@@ -210,6 +215,14 @@ def _check_case(
     return image
 
 
+def spacings_in_order(
+    spacings: dict[str, tuple[float, float, float]], affines: dict[str, np.ndarray], codes: Sequence[str] | None
+) -> dict[str, tuple[float, ...]]:
+    """Each case's voxel spacing (mm per axis) in the axis order ``codes`` (its own where unknown)."""
+    turns = {name: turn_to(affines.get(name), codes) for name in spacings}
+    return {name: turns[name].spacing(s) if turns[name] else tuple(s) for name, s in spacings.items()}
+
+
 def spacing_problems(
     spacings: dict[str, tuple[float, float, float]],
     cases: dict[str, CaseEntry],
@@ -245,7 +258,7 @@ def _orientation_warnings(orientations: dict[str, tuple[str, ...]], cases: dict[
         return []
     return [
         f"{cases[name].image}: voxel axes {''.join(codes)} differ from most cases' {''.join(usual)};"
-        " the network sees arrays, not patient space: reorient it (nibabel.as_closest_canonical)"
+        " training turns it to theirs with its boxes (check that its boxes are given in its own voxel axes)"
         for name, codes in orientations.items()
         if codes != usual
     ]

@@ -266,10 +266,13 @@ class PetDataModule(L.LightningDataModule):
         full = self.supervision == "label"
         train = [self._subject(c, read_label=full) for c in train_cases]
         val = [self._subject(c, read_label=full or self.val_labels) for c in val_cases]
-        spacings = np.array([subject["image"].spacing for subject in train])
-        self._median_spacing = [round(float(s), 6) for s in np.median(spacings, axis=0)]
         usual = majority_orientation(subject["image"].orientation for subject in train)
         self._orientation = list(usual) if usual else None
+        if usual:  # the network sees arrays, not patient space: one axis order for all (prediction turns to it too)
+            turn = tio.ToOrientation("".join(usual))
+            train, val = [turn(subject) for subject in train], [turn(subject) for subject in val]
+        spacings = np.array([subject["image"].spacing for subject in train])
+        self._median_spacing = [round(float(s), 6) for s in np.median(spacings, axis=0)]
         # The deterministic steps run once here, not at every draw: a step's batch then costs only
         # the augmentation and the patch (the loader was 9% of a bf16 step, docs/performance.md).
         prepare = self.volume_transform()
@@ -278,13 +281,15 @@ class PetDataModule(L.LightningDataModule):
         log.info("%s: %d training and %d validation cases", self.root, len(train_cases), len(val_cases))
 
     def median_spacing(self) -> list[float] | None:
-        """Median voxel spacing in mm of the training volumes as read (before resampling); None before setup."""
+        """Median voxel spacing in mm of the training volumes (before resampling, in :meth:`orientation`'s axis order); None before setup."""
         return self._median_spacing
 
     def orientation(self) -> list[str] | None:
         """Axis codes (``["L", "P", "S"]``) most training volumes have; None before setup.
 
-        Volumes are not turned to one orientation in training; :meth:`check` warns when they differ.
+        Every training and validation volume stored in another axis order is turned to this one
+        in :meth:`setup` (TorchIO's ``ToOrientation``: a permutation and flips, no resampling), with
+        its boxes and labels; :meth:`check` still warns about such volumes.
         """
         return self._orientation
 
