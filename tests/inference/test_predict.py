@@ -787,5 +787,5 @@ def test_a_scan_stored_in_another_axis_order_gets_the_mask_of_the_scan_in_the_tr
     assert 0 < masks[0].sum() < masks[0].size
     assert masks[1].shape == array.shape
     np.testing.assert_array_equal(masks[1], turn.apply(masks[0], image.affine)[0])
-    assert f"{other}: voxel axes SRA, the model's training volumes LPS" in caplog.text
+    assert f"{other}: voxel axes SRA, the model's training volumes LPS: predicted in their axis order" in caplog.text
     assert caplog.text.count("voxel axes") == 1  # the scan in the training order is not turned

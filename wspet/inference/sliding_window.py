@@ -246,8 +246,8 @@ def log_turn(model: LesionSegmenter, image: Volume) -> bool:
     """True (and a logged note) when ``image`` is turned to the axis order ``model`` was trained in."""
     turn = turn_to(image.affine, model_orientation(model))
     if turn is not None:
-        log.info("%s: voxel axes %s, the model's training volumes %s: predicted turned to %s, the mask put back "
-                 "on the scan's own grid", image.path, "".join(turn.source), "".join(turn.target), "".join(turn.target))
+        log.info("%s: voxel axes %s, the model's training volumes %s: predicted in their axis order, the mask put "
+                 "back on the scan's own grid", image.path, "".join(turn.source), "".join(turn.target))
     return turn is not None
 
 
