@@ -56,6 +56,22 @@ def test_validation_loss_is_the_top_heads_so_runs_with_and_without_compare():
     assert model.val_loss.compute().item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def test_validation_scores_the_boxes_against_the_labels_beside_the_model():
+    model, batch = _model(False), _batch()
+    label = torch.zeros_like(batch["box"][tio.DATA])
+    label[..., 6:10, 6:10, 6:10] = 1  # 64 voxels inside the 512-voxel box: Dice 2 * 64 / 576
+    batch["label"] = {tio.DATA: label}
+    model.validation_step(batch, 0)
+    assert model.val_box_dice.compute().item() == pytest.approx(128 / 576)
+    assert model.val_dice.update_count == 1
+
+
+def test_validation_without_labels_scores_no_boxes():
+    model = _model(False)
+    model.validation_step(_batch(), 0)
+    assert model.val_box_dice.update_count == 0
+
+
 def test_a_checkpoint_saved_before_deep_supervision_starts_a_run_without_it(tmp_path):
     old = _model(False)
     hparams = dict(old.hparams)

@@ -36,6 +36,30 @@ def test_a_converged_run_and_a_box_loss_report_nothing():
     assert convergence_problems({}, steps=0, watch_box=True) == []
 
 
+def scored(dices, box_dice):
+    return {100 * (i + 1): {"val/loss": 0.3, "val/box_agreement": 0.4, "val/dice": d, "val/box_dice": box_dice}
+            for i, d in enumerate(dices)}
+
+
+def test_a_weak_run_that_never_beat_the_boxes_is_reported():
+    problems = convergence_problems(scored([0.10, 0.25, 0.22, 0.20], 0.27), steps=400, watch_box=True)
+    assert len(problems) == 1
+    assert "never scored above the boxes" in problems[0]
+    assert "best val/dice 0.250, the boxes' 0.270" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "history_, watch_box",
+    [
+        (scored([0.10, 0.30, 0.22, 0.20], 0.27), True),  # above the boxes once: it learnt something
+        (scored([0.10, 0.25, 0.22, 0.20], 0.27), False),  # the box-Dice stage is meant to learn the boxes
+        (history([0.3, 0.3, 0.3, 0.3], 0.4), True),  # no validation labels: nothing to compare
+    ],
+)
+def test_beating_the_boxes_or_having_nothing_to_compare_reports_nothing(history_, watch_box):
+    assert convergence_problems(history_, steps=400, watch_box=watch_box) == []
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="share 1.5"):
         convergence_problems({}, steps=0, share=1.5)
@@ -53,3 +77,15 @@ def test_a_short_run_reports_it_in_the_summary(train_config, tmp_path):
     assert summary["converged"] is False
     assert "still falling fast after 12 steps" in summary["not_converged"][0]
     assert summary["stages"]["dice"]["not_converged"] == summary["not_converged"]
+
+
+def test_a_weak_run_below_the_boxes_reports_it_in_the_summary(train_config, tmp_path):
+    import wspet.training.experiment as training
+
+    # Two steps at a learning rate too small to move the net: its predictions are its initial noise,
+    # far below what the boxes alone score on the validation labels.
+    overrides = ["loss=pseudo", "trainer.max_epochs=null", "trainer.max_steps=2", "trainer.val_check_interval=1",
+                 "model.optimizer.lr=1e-9", "evaluate.split=none", "callbacks.early_stopping=null"]
+    summary = training.train(train_config(tmp_path, overrides))
+    assert summary["converged"] is False
+    assert any("never scored above the boxes" in problem for problem in summary["not_converged"])

@@ -98,6 +98,7 @@ class LesionSegmenter(L.LightningModule):
         self.val_empty = MeanMetric()
         self.val_full = MeanMetric()
         self.val_box_agreement = MeanMetric()
+        self.val_box_dice = MeanMetric()
         if init_from:
             self.load_network(init_from)
 
@@ -157,7 +158,10 @@ class LesionSegmenter(L.LightningModule):
         # How much the prediction is still the box: a weak model that learnt nothing else stays near 1.
         self.val_box_agreement.update(hard_dice(prediction, batch["box"][tio.DATA] > 0))
         if "label" in batch:
-            self.val_dice.update(hard_dice(prediction, batch["label"][tio.DATA] > 0))
+            label = batch["label"][tio.DATA] > 0
+            self.val_dice.update(hard_dice(prediction, label))
+            # What predicting the boxes alone would score: a weak model should end above it.
+            self.val_box_dice.update(hard_dice(batch["box"][tio.DATA] > 0, label))
 
     def on_validation_epoch_end(self) -> None:
         # MeanMetric reduces across processes, so under DDP every rank logs the same value.
@@ -171,7 +175,8 @@ class LesionSegmenter(L.LightningModule):
         )
         if labelled > 0:
             self.log("val/dice", self.val_dice.compute(), prog_bar=True)
-        for metric in (self.val_loss, self.val_dice, self.val_empty, self.val_full, self.val_box_agreement):
+            self.log("val/box_dice", self.val_box_dice.compute())
+        for metric in (self.val_loss, self.val_dice, self.val_empty, self.val_full, self.val_box_agreement, self.val_box_dice):
             metric.reset()
 
     @classmethod

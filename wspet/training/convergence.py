@@ -2,8 +2,9 @@
 
 A run given too few steps (a step budget cut short, a tiny data set counted in epochs) leaves a
 model whose validation loss is still falling fast, or, for a weak loss, whose predictions are still
-the boxes it was shown. Both are visible in the validation history
-(:class:`wspet.training.callbacks.ValidationHistory`, ``{step: {"val/loss": ..., "val/box_agreement": ...}}``).
+the boxes it was shown, or that never scored above the boxes themselves on the validation labels.
+All are visible in the validation history (:class:`wspet.training.callbacks.ValidationHistory`,
+``{step: {"val/loss": ..., "val/box_agreement": ..., "val/dice": ..., "val/box_dice": ...}}``).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def convergence_problems(
         steps: optimiser steps trained, for the message.
         tail, share: see :func:`still_improving`.
         box_agreement: above this Dice between prediction and box at the last validation the
-            prediction is still the box (checked only with ``watch_box``: weak losses meant to
-            shrink the boxes to lesions).
+            prediction is still the box.
+        watch_box: for weak losses meant to shrink the boxes to lesions. Checks ``box_agreement``
+            and, where validation labels were scored, that some validation's ``val/dice`` rose
+            above ``val/box_dice``, the Dice of the boxes themselves with the labels.
 
     Returns one message per problem, each naming the setting to change; empty when none is seen.
     """
@@ -62,4 +65,21 @@ def convergence_problems(
             f"predictions are still the boxes after {steps} steps (Dice with the box {agreement:.3f} > "
             f"{box_agreement}); raise trainer.max_steps or check the loss"
         )
+    scores = best_and_box_dice(ordered)
+    if watch_box and scores is not None and scores[0] <= scores[1]:
+        problems.append(
+            f"predictions never scored above the boxes themselves on the validation labels in {steps} steps "
+            f"(best val/dice {scores[0]:.3f}, the boxes' {scores[1]:.3f}): the model learnt less than the boxes "
+            "hold; check the loss and its learning rate, or raise trainer.max_steps"
+        )
     return problems
+
+
+def best_and_box_dice(ordered: list[Mapping[str, float]]) -> tuple[float, float] | None:
+    """The best ``val/dice`` of the validations, and the boxes' own Dice with the labels (``val/box_dice``).
+
+    None when no validation scored both (no validation labels).
+    """
+    scored = [(v["val/dice"], v["val/box_dice"]) for v in ordered
+              if math.isfinite(v.get("val/dice", math.nan)) and math.isfinite(v.get("val/box_dice", math.nan))]
+    return (max(dice for dice, _ in scored), scored[-1][1]) if scored else None
