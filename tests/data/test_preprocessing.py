@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torchio as tio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wspet.data.datamodule import PetDataModule
-from wspet.data.preprocessing import Preprocessing
+from wspet.data.preprocessing import SPACING_RTOL, Preprocessing, resampled_spacing
 from wspet.inference.sliding_window import predict_probabilities
 from wspet.metrics import dice_score
 from wspet.model.module import LesionSegmenter
@@ -47,6 +49,47 @@ def test_resampling_there_and_back_returns_the_native_grid():
     back = prepare.to_native_grid(coarse, coarse_affine, lesion.shape, affine)
     assert back.shape == lesion.shape and back.dtype == np.float32
     assert dice_score(back > 0.5, lesion) > 0.95
+
+
+FLOAT32_3_27 = float(np.float32(3.27))  # 3.2699999809...: what a NIfTI header holds for 3.27 mm
+
+
+def test_a_volume_at_the_target_spacing_in_float32_keeps_every_slice_and_value():
+    # TorchIO's Resample alone floored 64 x 3.2699999809 / 3.27 to 63 slices, each half a slice off.
+    image = np.random.default_rng(4).gamma(2.0, 0.5, size=(20, 18, 64)).astype(np.float32)
+    label = (image > 1.5).astype(np.uint8)
+    affine = scaled_affine((5.46875, 5.46875, FLOAT32_3_27))
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(image)[None], affine=affine),
+                          label=tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=affine))
+    prepare = Preprocessing(target_spacing=(5.46875, 5.46875, 3.27), intensity="suv")
+    prepared = tio.Compose(prepare.transforms())(subject)
+    assert prepared["image"].shape == (1, 20, 18, 64)
+    assert np.array_equal(prepared["image"].data[0].numpy(), image)
+    assert np.array_equal(prepared["label"].data[0].numpy(), label)
+    array, network_affine = prepare.to_network_grid(image, affine)
+    assert array is image and network_affine is affine
+    assert prepare.to_native_grid(array, network_affine, image.shape, affine) is array
+    assert prepare.network_shape(image.shape, affine) == (20, 18, 64)
+
+
+def test_only_the_axes_off_the_target_are_resampled():
+    image = np.random.default_rng(5).gamma(2.0, 0.5, size=(48, 48, 40)).astype(np.float32)
+    prepare = Preprocessing(target_spacing=(5.46875, 5.46875, 3.27))
+    array, affine = prepare.to_network_grid(image, scaled_affine((3.90625, 3.90625, FLOAT32_3_27)))
+    assert array.shape == (34, 34, 40)  # 48 x 3.90625 / 5.46875 = 34.3 in plane; every slice kept
+    assert np.allclose(np.diag(affine)[:3], (5.46875, 5.46875, FLOAT32_3_27))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.5, 8.0), min_size=3, max_size=3), st.lists(st.floats(0.5, 8.0), min_size=3, max_size=3))
+def test_each_axis_gets_the_target_or_keeps_its_own_spacing_when_close(own, target):
+    spacing = resampled_spacing(own, target)
+    close = [abs(o - t) <= SPACING_RTOL * abs(t) for o, t in zip(own, target)]
+    if all(close):
+        assert spacing is None
+    else:
+        assert spacing == tuple(o if c else t for o, t, c in zip(own, target, close))
+    assert resampled_spacing(own, None) is None
 
 
 def test_without_a_target_spacing_nothing_is_resampled():

@@ -8,7 +8,9 @@ then resampled back to the volume's own grid). They travel in the checkpoint, so
 - ``target_spacing``: resample every volume to this spacing in mm (linear for the PET,
   nearest neighbour for boxes and labels) so that a network trained on scans of several
   scanners sees one voxel size; ``None`` keeps each volume's own spacing (the data check
-  then refuses datasets whose spacings differ).
+  then refuses datasets whose spacings differ). An axis whose spacing is already within
+  :data:`SPACING_RTOL` of the target is left as it is (:func:`resampled_spacing`), and a volume
+  with every axis so is not resampled at all.
 - ``intensity``: ``zscore`` standardises each volume by its own mean and standard deviation
   (what the paper's phantoms are trained with); ``suv`` divides SUV by the fixed
   ``suv_scale``. A z-score depends on the field of view (a 10 cm crop around a tumour and the
@@ -25,10 +27,50 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torchio as tio
+from nibabel.affines import voxel_sizes
 
 from wspet.data.format import MAX_VOXELS
 
 INTENSITY_MODES = ("zscore", "suv")
+# An axis whose spacing is this close to the target (relative) keeps its own. NIfTI headers store
+# spacing in float32 (3.27 mm reads 3.2699999809), and TorchIO's Resample floors the new grid's
+# size and centres it: "resampling" 64 slices of 3.2699999809 mm to 3.27 mm gave 63, each half a
+# slice off the old ones, so the whole volume was interpolated between neighbouring slices and its
+# last slice lost (every scan of the real sarcoma set, docs/training.md).
+SPACING_RTOL = 1e-3
+
+
+def resampled_spacing(spacing: Sequence[float], target: Sequence[float] | None) -> tuple[float, float, float] | None:
+    """The spacing (mm) a volume of ``spacing`` is resampled to for ``target``; None when it need not be.
+
+    Each axis gets the target's spacing unless its own is within :data:`SPACING_RTOL` of it, where it
+    keeps its own; when every axis keeps its own (or ``target`` is None) nothing is resampled.
+    """
+    if target is None:
+        return None
+    own = np.asarray(spacing, dtype=np.float64)
+    wanted = np.asarray(target, dtype=np.float64)
+    close = np.isclose(own, wanted, rtol=SPACING_RTOL, atol=0.0)
+    if close.all():
+        return None
+    return tuple(float(s) for s in np.where(close, own, wanted))
+
+
+class ResampleToSpacing(tio.SpatialTransform):
+    """TorchIO's ``Resample`` to ``spacing`` (mm) for the axes :func:`resampled_spacing` says need it.
+
+    A subject already at ``spacing`` comes back untouched, not interpolated onto a grid a slice
+    smaller (see :data:`SPACING_RTOL`).
+    """
+
+    def __init__(self, spacing: Sequence[float], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.spacing = tuple(float(s) for s in spacing)
+        self.args_names = ["spacing"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        spacing = resampled_spacing(subject.spacing, self.spacing)
+        return subject if spacing is None else tio.Resample(spacing, copy=False)(subject)
 
 
 class SuvScaling(tio.IntensityTransform):
@@ -94,7 +136,7 @@ class Preprocessing:
         """TorchIO steps for a subject: resampling (if any), then intensity normalisation of ``image``."""
         steps: list[tio.Transform] = []
         if self.target_spacing is not None:
-            steps.append(tio.Resample(self.target_spacing))
+            steps.append(ResampleToSpacing(self.target_spacing))
         if self.intensity == "zscore":
             steps.append(tio.ZNormalization(include=["image"]))
         else:
@@ -112,22 +154,27 @@ class Preprocessing:
         return ((tensor - mean) / std).numpy()
 
     def to_network_grid(self, image: np.ndarray, affine: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(array, affine)`` of ``image`` ``(I, J, K)`` resampled to ``target_spacing`` (unchanged without one)."""
+        """``(array, affine)`` of ``image`` ``(I, J, K)`` resampled to ``target_spacing`` (unchanged without one,
+        or when it is at that spacing already: :func:`resampled_spacing`)."""
         if self.target_spacing is None:
             return image, affine
         if affine is None:
             raise ValueError(f"resampling to {self.target_spacing} mm needs the image's affine, got None")
+        spacing = resampled_spacing(voxel_sizes(affine), self.target_spacing)
+        if spacing is None:
+            return image, affine
         self.check_grid(image.shape, affine)
-        resampled = tio.Resample(self.target_spacing)(_scalar(image, affine))
+        resampled = tio.Resample(spacing)(_scalar(image, affine))
         return resampled.data[0].numpy(), resampled.affine
 
     def network_shape(self, shape: Sequence[int], affine: np.ndarray) -> tuple[int, ...]:
-        """The shape a volume of ``shape`` and ``affine`` gets at ``target_spacing`` (its own without one)."""
-        if self.target_spacing is None:
-            return tuple(int(n) for n in shape)
-        spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+        """The shape (at most) a volume of ``shape`` and ``affine`` gets at ``target_spacing`` (its own without one)."""
+        spacing = None if self.target_spacing is None else voxel_sizes(affine)
+        target = resampled_spacing(spacing, self.target_spacing)
+        if target is None:
+            return tuple(int(n) for n in shape[:3])
         extent = np.asarray(shape[:3], dtype=np.float64) * spacing
-        return tuple(max(1, math.ceil(e / t - 1e-6)) for e, t in zip(extent, self.target_spacing))
+        return tuple(max(1, math.ceil(e / t - 1e-6)) for e, t in zip(extent, target))
 
     def check_grid(self, shape: Sequence[int], affine: np.ndarray, where: object = "image") -> None:
         """Refuse (ValueError naming ``where``) a volume whose resampled grid exceeds ``load_image``'s voxel limit.
@@ -138,7 +185,7 @@ class Preprocessing:
         target = self.network_shape(shape, affine)
         voxels = math.prod(target)
         if voxels > MAX_VOXELS:
-            spacing = np.round(np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0), 3).tolist()
+            spacing = np.round(voxel_sizes(affine), 3).tolist()
             raise ValueError(
                 f"{where}: shape {tuple(int(n) for n in shape)} at spacing {spacing} mm resampled to "
                 f"{list(self.target_spacing)} mm is a {target} grid ({voxels} voxels, limit {MAX_VOXELS}); "
@@ -149,7 +196,7 @@ class Preprocessing:
         self, values: np.ndarray, affine: np.ndarray | None, shape: Sequence[int], native_affine: np.ndarray | None
     ) -> np.ndarray:
         """``values`` on the network grid resampled (linearly) back to a volume of ``shape`` and ``native_affine``."""
-        if self.target_spacing is None:
+        if self.target_spacing is None or resampled_spacing(voxel_sizes(native_affine), self.target_spacing) is None:
             return values
         native = tio.Resample((tuple(int(s) for s in shape), np.asarray(native_affine)))(_scalar(values, affine))
         return np.ascontiguousarray(native.data[0].numpy(), dtype=np.float32)
