@@ -197,3 +197,46 @@ def test_a_volume_stored_in_another_axis_order_is_turned_to_the_majoritys(tmp_pa
     assert turned["hn_001"]["box"].data.sum() > 0
     assert modules["turned"].orientation() == ["R", "A", "S"]
     assert modules["turned"].median_spacing() == modules["usual"].median_spacing() == [2.0, 2.5, 4.0]
+
+
+def store_at_spacing(root, name: str, spacing) -> None:
+    """Give case ``name``'s image and label the voxel ``spacing`` (mm) in their headers: a scan of another scanner."""
+    import nibabel as nib
+
+    for folder in ("imagesTr", "labelsTr"):
+        path = root / folder / f"{name}.nii.gz"
+        old = nib.load(path)
+        affine = old.affine.copy()
+        affine[:3, :3] = np.diag(spacing)
+        nib.save(nib.Nifti1Image(np.asarray(old.dataobj), affine), path)
+
+
+def test_auto_target_spacing_resamples_a_mixed_set_to_its_median(tmp_path):
+    """A case from another scanner is refused at native spacing and resampled under ``auto``;
+    cases already at the median spacing are left exactly as at native spacing."""
+    from wspet.data.format import DatasetError
+    from wspet.datasets.phantom import write_phantom_dataset
+
+    write_phantom_dataset(tmp_path, n_train=4, n_test=1, seed=5, shape=(32, 28, 24), spacing=(2.0, 2.5, 4.0))
+    store_at_spacing(tmp_path, "hn_002", (3.0, 2.5, 4.0))
+    options = dict(volume_size=None, patch_size=(16, 16, 16), val_fraction=0.0, flip_probability=0.0, noise_std=0.0)
+    with pytest.raises(DatasetError, match=r"hn_002.nii.gz: spacing \(3, 2.5, 4\) mm is 1.50x the median"):
+        PetDataModule(tmp_path, target_spacing=None, **options).check()
+    auto = PetDataModule(tmp_path, target_spacing="auto", **options)
+    auto.check()
+    auto.setup()
+    assert auto.preprocessing.target_spacing == (2.0, 2.5, 4.0)
+    subjects = {s["name"]: s for s in auto.train_subjects}
+    assert np.allclose(subjects["hn_002"]["image"].spacing, (2.0, 2.5, 4.0))
+    assert subjects["hn_002"]["image"].spatial_shape[0] == 48  # 32 voxels of 3 mm, now 2 mm each
+    native = PetDataModule(tmp_path, target_spacing=None, **options)
+    native.setup()
+    for subject in native.train_subjects:
+        if subject["name"] != "hn_002":
+            assert torch.equal(subject["image"].data, subjects[subject["name"]]["image"].data)
+            assert torch.equal(subject["box"].data, subjects[subject["name"]]["box"].data)
+
+
+def test_an_unknown_target_spacing_word_is_refused(tiny_dataset):
+    with pytest.raises(ValueError, match="target_spacing 'median' is not a spacing in mm, null or 'auto'"):
+        PetDataModule(tiny_dataset, target_spacing="median")

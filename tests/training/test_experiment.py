@@ -123,7 +123,7 @@ def test_mixed_spacings_train_after_resampling_and_predict_on_each_native_grid(t
     rescale_case_spacing(root, "imagesTr/hn_000.nii.gz", "labelsTr/hn_000.nii.gz", 1.5)
     rescale_case_spacing(root, "imagesTs/hn_007.nii.gz", "labelsTs/hn_007.nii.gz", 1.5)
     with pytest.raises(DatasetError, match=r"hn_000.nii.gz: spacing .* is 1.50x the median"):
-        train(config_on(root, tmp_path / "native", ["loss=dice", *FAST]))
+        train(config_on(root, tmp_path / "native", ["loss=dice", *FAST, "data.target_spacing=null"]))
     spacing = nib.load(str(root / "imagesTr/hn_001.nii.gz")).header.get_zooms()[:3]
     resampled = [
         "loss=dice", *FAST, f"data.target_spacing=[{spacing[0]},{spacing[1]},{spacing[2]}]",
@@ -140,6 +140,12 @@ def test_mixed_spacings_train_after_resampling_and_predict_on_each_native_grid(t
         mask = nib.load(str(tmp_path / "resampled" / "predictions" / f"{case}_mask.nii.gz"))
         image = nib.load(str(root / "imagesTs" / f"{case}.nii.gz"))
         assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
+    # The default, target_spacing auto, resamples to that median without being told it.
+    summary = train(config_on(root, tmp_path / "auto", ["loss=dice", *FAST]))
+    checkpoint = torch.load(summary["checkpoint"], map_location="cpu", weights_only=False)
+    assert np.allclose(checkpoint["hyper_parameters"]["preprocessing"]["target_spacing"], spacing, rtol=1e-6)
+    mask = nib.load(str(tmp_path / "auto" / "predictions" / "hn_007_mask.nii.gz"))
+    assert mask.shape == nib.load(str(root / "imagesTs" / "hn_007.nii.gz")).shape
 
 
 def test_bad_evaluation_mirror_axes_are_refused_before_training(train_config, tmp_path):

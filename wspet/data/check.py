@@ -240,7 +240,7 @@ def spacing_problems(
             problems.append(
                 f"{cases[name].image}: spacing {spacing_text(spacing)} mm is {ratios[axis]:.2f}x the median"
                 f" {spacing_text(median)} mm on axis {axis} (limit {max_ratio:g}x): the model assumes one spacing;"
-                " resample the case or drop it"
+                " resample it (data.target_spacing=auto, training's default, does), or drop it"
             )
     return problems
 

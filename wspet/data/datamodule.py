@@ -8,6 +8,7 @@ training time is spent (``check``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import logging
@@ -30,6 +31,8 @@ from wspet.data.replay import EpochSeededLoader
 from wspet.data.sampling import BoxCentredSampler
 
 log = logging.getLogger(__name__)
+
+AUTO_SPACING = "auto"  # data.target_spacing: the training volumes' median spacing
 
 
 def split_validation(cases: Sequence[CaseEntry], fraction: float, seed: int) -> tuple[list, list]:
@@ -145,7 +148,11 @@ class PetDataModule(L.LightningDataModule):
             outside every box above the ``hard_negative_quantile`` of the intensities there
             (normal uptake; :mod:`wspet.data.sampling`). 0 turns it off.
         target_spacing, intensity, suv_scale: the :class:`Preprocessing` of every volume
-            (``None``: native spacing; ``zscore`` or ``suv`` intensities).
+            (``zscore`` or ``suv`` intensities). ``target_spacing`` is a spacing in mm, ``None``
+            (native spacing) or ``"auto"``: the median spacing of the training volumes, set by
+            :meth:`setup` (nnU-Net's choice), so that a set of mixed spacings trains on one and
+            prediction resamples a scan of another spacing to it; volumes already at it are left
+            as they are.
         seed: the run's seed, from which every epoch's training draws are made.
         phantom: called with ``root`` by :meth:`prepare_data` when ``root`` has no
             ``dataset.json`` to make the dataset there (``conf/data/phantom.yaml``: the phantom
@@ -180,7 +187,7 @@ class PetDataModule(L.LightningDataModule):
         flip_probability: float = 0.5,
         noise_std: float = 0.1,
         num_workers: int = 0,
-        target_spacing: Sequence[float] | None = None,
+        target_spacing: Sequence[float] | str | None = None,
         intensity: str = "zscore",
         suv_scale: float = 1.0,
         pseudo_labels: dict | None = None,
@@ -192,8 +199,11 @@ class PetDataModule(L.LightningDataModule):
         intensity_scale: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        self.median_target_spacing = target_spacing == AUTO_SPACING  # resolved by setup()
+        if isinstance(target_spacing, str) and not self.median_target_spacing:
+            raise ValueError(f"target_spacing {target_spacing!r} is not a spacing in mm, null or {AUTO_SPACING!r}")
         self.preprocessing = Preprocessing(
-            target_spacing=None if target_spacing is None else tuple(target_spacing),
+            target_spacing=None if target_spacing is None or self.median_target_spacing else tuple(target_spacing),
             intensity=intensity, suv_scale=suv_scale,
         )
         if supervision not in SUPERVISIONS:
@@ -249,7 +259,7 @@ class PetDataModule(L.LightningDataModule):
             supervision=self.supervision,
             box_margin_mm=self.box_margin_mm,
             # Resampling to one spacing makes differing native spacings harmless.
-            max_spacing_ratio=None if self.preprocessing.target_spacing else self.max_spacing_ratio,
+            max_spacing_ratio=None if self.resamples() else self.max_spacing_ratio,
         )
         for warning in report.warnings:
             log.warning(warning)
@@ -273,12 +283,19 @@ class PetDataModule(L.LightningDataModule):
             train, val = [turn(subject) for subject in train], [turn(subject) for subject in val]
         spacings = np.array([subject["image"].spacing for subject in train])
         self._median_spacing = [round(float(s), 6) for s in np.median(spacings, axis=0)]
+        if self.median_target_spacing:
+            self.preprocessing = dataclasses.replace(self.preprocessing, target_spacing=tuple(self._median_spacing))
+            log.info("target spacing: %s mm, the median of the training volumes", self._median_spacing)
         # The deterministic steps run once here, not at every draw: a step's batch then costs only
         # the augmentation and the patch (the loader was 9% of a bf16 step, docs/performance.md).
         prepare = self.volume_transform()
         self.train_subjects = [prepare(subject) for subject in train]
         self.val_subjects = [prepare(subject) for subject in val]
         log.info("%s: %d training and %d validation cases", self.root, len(train_cases), len(val_cases))
+
+    def resamples(self) -> bool:
+        """Whether volumes are resampled to one spacing (a ``target_spacing`` or ``"auto"``)."""
+        return self.median_target_spacing or self.preprocessing.target_spacing is not None
 
     def median_spacing(self) -> list[float] | None:
         """Median voxel spacing in mm of the training volumes (before resampling, in :meth:`orientation`'s axis order); None before setup."""
