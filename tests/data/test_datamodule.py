@@ -240,3 +240,8 @@ def test_auto_target_spacing_resamples_a_mixed_set_to_its_median(tmp_path):
 def test_an_unknown_target_spacing_word_is_refused(tiny_dataset):
     with pytest.raises(ValueError, match="target_spacing 'median' is not a spacing in mm, null or 'auto'"):
         PetDataModule(tiny_dataset, target_spacing="median")
+
+
+def test_an_unknown_box_balance_is_refused_by_name(tiny_dataset):
+    with pytest.raises(ValueError, match="box_balance 'per_lesion'"):
+        PetDataModule(tiny_dataset, box_balance="per_lesion")

@@ -9,7 +9,7 @@ import torchio as tio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wspet.data.sampling import BoxCentredSampler, box_sampling_weights, hard_negatives
+from wspet.data.sampling import BoxCentredSampler, box_sampling_weights, hard_negatives, numbered_boxes
 
 
 def volume() -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,3 +67,50 @@ def test_the_sampler_centres_the_asked_share_on_hard_negatives():
 def test_bad_shares_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BoxCentredSampler((4, 4, 4), **kwargs)
+
+
+def two_boxes(small: int, large: int) -> torch.Tensor:
+    """A (1, 24, 24, 24) union of a small^3 box and a separate large^3 box."""
+    box = torch.zeros(1, 24, 24, 24)
+    box[:, 1 : 1 + small, 1 : 1 + small, 1 : 1 + small] = 1
+    box[:, 10 : 10 + large, 10 : 10 + large, 10 : 10 + large] = 1
+    return box
+
+
+@given(small=st.integers(1, 7), large=st.integers(1, 13), share=st.floats(0.05, 1.0))
+@settings(max_examples=40, deadline=None)
+def test_per_box_every_box_gets_an_equal_part_whatever_its_size(small, large, share):
+    union = two_boxes(small, large)
+    numbers = numbered_boxes(union)
+    assert int(numbers.max()) == 2 and torch.equal(numbers > 0, union > 0)
+    even = box_sampling_weights(numbers, share)
+    per_voxel = box_sampling_weights(union, share)
+    for k, volume in ((1, small**3), (2, large**3)):
+        assert float(even[numbers == k].sum() / even.sum()) == pytest.approx(share / 2, rel=1e-9)
+        by_size = volume / (small**3 + large**3) * share
+        assert float(per_voxel[numbers == k].sum() / per_voxel.sum()) == pytest.approx(by_size, rel=1e-9)
+    assert float(even[union == 0].sum() / even.sum()) == pytest.approx(1 - share, abs=1e-9)
+
+
+def test_every_patch_in_a_box_when_the_share_is_one():
+    box = two_boxes(2, 5)
+    weights = box_sampling_weights(box, 1.0)
+    assert float(weights[box == 0].sum()) == 0.0 and float(weights[box > 0].sum()) > 0
+
+
+def test_the_per_box_sampler_centres_a_small_box_as_often_as_a_large_one():
+    box = two_boxes(2, 6)  # 8 and 216 voxels
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(1, 24, 24, 24)), box=tio.LabelMap(tensor=box))
+    counts = {}
+    for balance in ("per_voxel", "per_box"):
+        torch.manual_seed(0)
+        sampler = BoxCentredSampler((2, 2, 2), probability=1.0, box_balance=balance)
+        centres = [patch[tio.LOCATION][:3].numpy() + 1 for patch in sampler(subject, num_patches=400)]
+        counts[balance] = np.mean([all(1 <= c < 3 for c in centre) for centre in centres])
+    assert counts["per_voxel"] == pytest.approx(8 / 224, abs=0.03)
+    assert counts["per_box"] == pytest.approx(0.5, abs=0.08)
+
+
+def test_an_unknown_box_balance_is_refused():
+    with pytest.raises(ValueError, match="'per_lesion'"):
+        BoxCentredSampler((4, 4, 4), box_balance="per_lesion")

@@ -28,7 +28,7 @@ from wspet.data.format import CaseEntry, DatasetError, case_boxes, load_image, l
 from wspet.data.preprocessing import Preprocessing
 from wspet.data.pseudo_labels import IGNORE, pseudo_label
 from wspet.data.replay import EpochSeededLoader
-from wspet.data.sampling import BoxCentredSampler
+from wspet.data.sampling import BOX_BALANCES, BoxCentredSampler
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,9 @@ class PetDataModule(L.LightningDataModule):
         shape_multiple: with ``volume_size=None``, volumes are padded to a multiple of this (the
             U-Net's ``2 ** (levels - 1)``).
         box_sampling_probability: chance that a training patch is centred inside a box.
+        box_balance: how that chance is shared among a volume's boxes: ``per_voxel`` (evenly over
+            box voxels, so a box in proportion to its volume) or ``per_box`` (evenly over boxes,
+            so a small lesion's box as often as a large one's; :mod:`wspet.data.sampling`).
         hard_negative_probability: chance that it is centred on a hard negative instead: a voxel
             outside every box above the ``hard_negative_quantile`` of the intensities there
             (normal uptake; :mod:`wspet.data.sampling`). 0 turns it off.
@@ -177,6 +180,7 @@ class PetDataModule(L.LightningDataModule):
         samples_per_volume: int = 2,
         queue_length: int = 16,
         box_sampling_probability: float = 0.7,
+        box_balance: str = "per_voxel",
         hard_negative_probability: float = 0.0,
         hard_negative_quantile: float = 0.99,
         val_fraction: float = 0.2,
@@ -225,6 +229,9 @@ class PetDataModule(L.LightningDataModule):
         self.samples_per_volume = samples_per_volume
         self.queue_length = queue_length
         self.box_sampling_probability = box_sampling_probability
+        if box_balance not in BOX_BALANCES:
+            raise ValueError(f"box_balance {box_balance!r} is not one of {BOX_BALANCES}")
+        self.box_balance = box_balance
         self.hard_negative_probability = hard_negative_probability
         self.hard_negative_quantile = hard_negative_quantile
         self.val_fraction = val_fraction
@@ -355,6 +362,7 @@ class PetDataModule(L.LightningDataModule):
                 self.patch_size, self.box_sampling_probability,
                 hard_negative_probability=self.hard_negative_probability,
                 hard_negative_quantile=self.hard_negative_quantile,
+                box_balance=self.box_balance,
             ),
             num_workers=self.num_workers,
         )
