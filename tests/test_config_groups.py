@@ -252,3 +252,9 @@ def test_predicted_lesions_have_their_enclosed_holes_filled_by_default(config):
     overrides = ["ckpt=x.ckpt", "input=x", "output=y"] if config == "predict" else []
     cfg = compose_config(config, overrides)
     assert cfg.postprocess.name == "fill_holes" and cfg.postprocess.fn._target_.endswith("holes.fill_holes")
+
+
+@pytest.mark.parametrize(("overrides", "balance"), [([], "per_voxel"), (["data.box_balance=per_box"], "per_box")])
+def test_box_balance_reaches_the_data_module_and_is_per_voxel_by_default(overrides, balance, tmp_path):
+    cfg = compose_config("train", [f"data.root={tmp_path}", "data.phantom=null", *overrides])
+    assert build_datamodule(cfg).box_balance == balance

@@ -4,7 +4,7 @@ import torch
 
 from wspet.data import format as dataset_format
 from wspet.data.datamodule import PetDataModule, split_validation
-from wspet.data.sampling import BoxCentredSampler, box_sampling_weights
+from wspet.data.sampling import BoxCentredSampler, box_sampling_weights, numbered_boxes
 from tests.data.helpers import drop_boxes, store_in_other_axes
 
 
@@ -245,3 +245,20 @@ def test_an_unknown_target_spacing_word_is_refused(tiny_dataset):
 def test_an_unknown_box_balance_is_refused_by_name(tiny_dataset):
     with pytest.raises(ValueError, match="box_balance 'per_lesion'"):
         PetDataModule(tiny_dataset, box_balance="per_lesion")
+
+
+def test_the_patch_queue_samples_with_the_box_balance(tiny_dataset):
+    dm = PetDataModule(tiny_dataset, volume_size=None, patch_size=(8, 8, 8), val_fraction=0.34, box_balance="per_box")
+    dm.setup()
+    sampler = dm.patch_loader(range(len(dm.train_subjects))).dataset.sampler
+    assert sampler.box_balance == "per_box"
+    balanced = 0
+    for subject in dm.train_subjects:
+        weights = sampler.get_probability_map(subject)
+        boxes = numbered_boxes(subject["box"].data)
+        # A box with no voxel half a patch from the border can hold no centre and gets no part.
+        shares = [float(weights[boxes == k].sum() / weights.sum()) for k in range(1, int(boxes.max()) + 1)]
+        centred = [share for share in shares if share > 0]
+        assert sum(centred) == pytest.approx(0.7) and max(centred) - min(centred) < 1e-9
+        balanced += len(centred) >= 2
+    assert balanced >= 1
