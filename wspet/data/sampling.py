@@ -50,9 +50,8 @@ def box_sampling_weights(
     total = sum(share for _, share in present)
     weights = torch.zeros(box.shape, dtype=torch.float64)
     for mask, share in present:
-        weights[mask] = share / total / int(mask.sum())
-    if inside.any() and probability > 0:
-        weights[inside] = probability / total * _even_over_boxes(box[inside].long())
+        part = _even_over_boxes(box[mask].long()) if mask is inside else 1.0 / int(mask.sum())
+        weights[mask] = share / total * part
     return weights
 
 
