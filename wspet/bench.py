@@ -202,7 +202,8 @@ def bare_step(cfg: DictConfig, image: torch.Tensor, target: torch.Tensor, layout
 
     def step() -> None:
         with autocast(choice, device):
-            loss = model.loss_fn(image, network(image), target)["loss"]
+            probs = network(image)
+        loss = model.loss_fn(image, probs, target)["loss"]  # in float32, as LesionSegmenter's
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -81,3 +81,29 @@ def test_a_checkpoint_saved_before_deep_supervision_starts_a_run_without_it(tmp_
     new = _model(False)
     new.load_network(path)
     assert all(torch.equal(a, b) for a, b in zip(new.net.state_dict().values(), old.net.state_dict().values()))
+
+
+class _AutocastSpy(DiceCELoss):
+    """DiceCELoss that records, at each call, whether autocast was on and the probabilities' dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[bool, torch.dtype]] = []
+
+    def forward(self, image, probs, target):
+        self.calls.append((torch.is_autocast_enabled("cpu"), probs.dtype))
+        return super().forward(image, probs, target)
+
+
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_the_loss_runs_outside_the_trainers_autocast_in_float32(deep_supervision):
+    # CUDA autocast refuses binary_cross_entropy; the rule is checked here under CPU autocast.
+    model, batch = _model(deep_supervision), _batch()
+    model.loss_fn = _AutocastSpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.training_step(batch, 0)
+        model.validation_step(batch, 0)
+    assert loss.dtype == torch.float32
+    assert len(model.loss_fn.calls) == (1 + len(model.net.auxiliary_heads)) + 1  # training scales + validation
+    assert len(model.net.auxiliary_heads) == (2 if deep_supervision else 0)
+    assert set(model.loss_fn.calls) == {(False, torch.float32)}

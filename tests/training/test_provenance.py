@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,8 @@ def test_run_folder_records_commit_diff_and_packages(tmp_path):
     saved = json.loads((tmp_path / "provenance.json").read_text())
     assert saved == record
     assert saved["git"]["commit"] == git("rev-parse", "HEAD").strip()
-    assert saved["packages"]["torch"] == torch.__version__
+    # The installed distribution's version: a CUDA image's torch 2.11.0 reports 2.11.0+cu130 at run time.
+    assert saved["packages"]["torch"] == metadata.version("torch")
     assert saved["environment"]["torch"] == torch.__version__
     diff = git("diff", "HEAD")
     assert saved["git"]["dirty"] == bool(diff or saved["git"]["untracked"])

@@ -132,11 +132,14 @@ class LesionSegmenter(L.LightningModule):
         """Top-scale probabilities and the loss terms; ``deep`` adds the deep-supervision heads' losses."""
         image = batch["image"][tio.DATA]
         target = batch[self.supervision][tio.DATA].float()
-        if deep and len(self.net.auxiliary_heads):
-            scales = self.multiscale_probabilities(image)
-            return scales[0], deep_supervision_loss(self.loss_fn, image.float(), scales, target)
-        probs = self(image)
-        return probs, self.loss_fn(image.float(), probs, target)
+        scales = self.multiscale_probabilities(image) if deep and len(self.net.auxiliary_heads) else [self(image)]
+        # The network runs under the trainer's autocast, the loss outside it on every device: the
+        # losses are written for float32 probabilities, and CUDA autocast refuses
+        # binary_cross_entropy outright (loss=pseudo, the default, failed its first step on a GPU).
+        with torch.autocast(image.device.type, enabled=False):
+            if len(scales) > 1:
+                return scales[0], deep_supervision_loss(self.loss_fn, image.float(), scales, target)
+            return scales[0], self.loss_fn(image.float(), scales[0], target)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         # Validation (model selection, the convergence check) sees the top scale's loss alone.
