@@ -25,6 +25,22 @@ def test_bad_val_fraction_refused(tiny_dataset):
         split_validation(cases, 1.5, seed=0)
 
 
+def test_a_split_without_validation_is_refused_before_training(tiny_dataset):
+    # It used to pass the check and fail in TorchIO ("Subjects list is empty") once training began.
+    with pytest.raises(dataset_format.DatasetError, match=r"data\.val_fraction 0\.0 is not in \(0, 1\).*collapse guard"):
+        PetDataModule(tiny_dataset, volume_size=(32, 32, 32), patch_size=(16, 16, 16), val_fraction=0.0).setup("fit")
+    one = dataset_format.read_dataset(tiny_dataset).training[:1]
+    with pytest.raises(ValueError, match=r"1 training case\(s\): training needs 2 or more"):
+        split_validation(one, 0.2, seed=0)
+
+
+@pytest.mark.parametrize(("n", "fraction", "expected_val"), [(2, 0.75, 1), (2, 0.01, 1), (5, 0.2, 1), (10, 0.95, 9), (40, 0.2, 8)])
+def test_every_split_keeps_a_case_on_each_side(tiny_dataset, n, fraction, expected_val):
+    case = dataset_format.read_dataset(tiny_dataset).training[0]
+    train, val = split_validation([case] * n, fraction, seed=0)
+    assert (len(train), len(val)) == (n - expected_val, expected_val)
+
+
 def test_training_batches_hold_image_and_box_patches(tiny_dataset):
     dm = PetDataModule(tiny_dataset, volume_size=(32, 32, 32), patch_size=(16, 16, 16), batch_size=2, val_fraction=0.34)
     dm.setup()
@@ -219,19 +235,20 @@ def test_auto_target_spacing_resamples_a_mixed_set_to_its_median(tmp_path):
 
     write_phantom_dataset(tmp_path, n_train=4, n_test=1, seed=5, shape=(32, 28, 24), spacing=(2.0, 2.5, 4.0))
     store_at_spacing(tmp_path, "hn_002", (3.0, 2.5, 4.0))
-    options = dict(volume_size=None, patch_size=(16, 16, 16), val_fraction=0.0, flip_probability=0.0, noise_std=0.0)
+    options = dict(volume_size=None, patch_size=(16, 16, 16), val_fraction=0.25, flip_probability=0.0, noise_std=0.0)
     with pytest.raises(DatasetError, match=r"hn_002.nii.gz: spacing \(3, 2.5, 4\) mm is 1.50x the median"):
         PetDataModule(tmp_path, target_spacing=None, **options).check()
     auto = PetDataModule(tmp_path, target_spacing="auto", **options)
     auto.check()
     auto.setup()
     assert auto.preprocessing.target_spacing == (2.0, 2.5, 4.0)
-    subjects = {s["name"]: s for s in auto.train_subjects}
+    subjects = {s["name"]: s for s in [*auto.train_subjects, *auto.val_subjects]}
     assert np.allclose(subjects["hn_002"]["image"].spacing, (2.0, 2.5, 4.0))
     assert subjects["hn_002"]["image"].spatial_shape[0] == 48  # 32 voxels of 3 mm, now 2 mm each
     native = PetDataModule(tmp_path, target_spacing=None, **options)
     native.setup()
-    for subject in native.train_subjects:
+    assert len(native.train_subjects) == 3 and len(native.val_subjects) == 1
+    for subject in [*native.train_subjects, *native.val_subjects]:
         if subject["name"] != "hn_002":
             assert torch.equal(subject["image"].data, subjects[subject["name"]]["image"].data)
             assert torch.equal(subject["box"].data, subjects[subject["name"]]["box"].data)

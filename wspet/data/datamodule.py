@@ -36,13 +36,20 @@ AUTO_SPACING = "auto"  # data.target_spacing: the training volumes' median spaci
 
 
 def split_validation(cases: Sequence[CaseEntry], fraction: float, seed: int) -> tuple[list, list]:
-    """Seeded split of the training list into (train, validation) cases."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"val_fraction {fraction} is not in [0, 1)")
+    """Seeded split of the training list into (train, validation) cases, at least one of each.
+
+    Training needs validation cases: they choose the kept checkpoint and feed the collapse guard
+    and the convergence check, so a fraction of 0, or a list too short to split, is refused.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(
+            f"data.val_fraction {fraction} is not in (0, 1): validation cases choose the kept checkpoint "
+            "and feed the collapse guard and the convergence check, so training needs at least one"
+        )
+    if len(cases) < 2:
+        raise ValueError(f"{len(cases)} training case(s): training needs 2 or more, one of them for validation")
     order = np.random.default_rng(seed).permutation(len(cases))
-    n_val = int(round(fraction * len(cases)))
-    if fraction > 0 and n_val == 0 and len(cases) > 1:
-        n_val = 1
+    n_val = min(max(int(round(fraction * len(cases))), 1), len(cases) - 1)
     val = sorted(order[:n_val].tolist())
     train = sorted(order[n_val:].tolist())
     return [cases[i] for i in train], [cases[i] for i in val]
@@ -277,9 +284,10 @@ class PetDataModule(L.LightningDataModule):
         if self.train_subjects:
             return
         index = read_dataset(self.root)
-        train_cases, val_cases = split_validation(index.training, self.val_fraction, self.split_seed)
-        if not train_cases:
-            raise DatasetError(self.root, ["no training cases left after the validation split"])
+        try:
+            train_cases, val_cases = split_validation(index.training, self.val_fraction, self.split_seed)
+        except ValueError as error:
+            raise DatasetError(self.root, [str(error)]) from None
         full = self.supervision == "label"
         train = [self._subject(c, read_label=full) for c in train_cases]
         val = [self._subject(c, read_label=full or self.val_labels) for c in val_cases]
