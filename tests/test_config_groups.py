@@ -157,6 +157,16 @@ def test_train_help_starts_with_usage_and_lists_the_groups():
     assert "callbacks:" in out and " none" in out.split("callbacks:")[1].splitlines()[0]
 
 
+def test_train_refuses_bad_input_with_one_line_naming_it_and_exit_status_1(tmp_path):
+    env = {**os.environ, "WSPET_ROOT": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    missing = tmp_path / "no set"
+    result = subprocess.run([sys.executable, "train.py", f"data.root={missing}", "data.phantom=null", "logger=csv",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"error: {missing}: no dataset.json in {missing} (see docs/dataset_format.md)" in result.stderr.splitlines()
+
+
 def test_predict_help_lists_only_what_prediction_uses():
     env = {**os.environ, "WSPET_ROOT": str(REPO)}
     out = subprocess.run([sys.executable, "predict.py", "--help"], cwd=REPO, env=env,

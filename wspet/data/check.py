@@ -102,7 +102,9 @@ def validate_dataset(
     try:
         scan = _collect(report, relative, lambda: scan_dataset(root))
     except DatasetError as error:
-        report.problems += [relative(f"{error.where}: {p}") for p in error.problems]
+        # The report names the root itself: a problem of the root is not prefixed with it twice.
+        at_root = Path(error.where) in (root, root.resolve())
+        report.problems += [relative(p if at_root else f"{error.where}: {p}") for p in error.problems]
         return report
     report.root = scan.index.root
     report.problems += [relative(f"dataset.json: {p}") for p in scan.problems]
