@@ -55,3 +55,31 @@ def test_prediction_on_the_gpu_matches_the_cpu(train_config, tiny_dataset, tmp_p
     assert cpu.shape == cuda32.shape == cuda_auto.shape == image.shape
     assert np.abs(cuda32 - cpu).max() < 1e-2  # cuDNN may use TF32 for float32 convolutions
     assert np.abs(cuda_auto - cpu).max() < 0.1  # bf16 keeps 8 bits of mantissa
+
+
+def test_self_training_relabels_and_trains_on_the_gpu(train_config, tmp_path):
+    summary = train(train_config(tmp_path, ["loss=pseudo", *GPU, "self_training.rounds=1", "evaluate.split=none"]))
+    assert list(summary["stages"]) == ["pseudo_round0", "pseudo"]
+    assert len(list((tmp_path / "self_training_1_labels").glob("*.nii.gz"))) == 6
+
+
+def test_predict_with_boxes_on_the_gpu_writes_what_the_cpu_writes(train_config, tiny_dataset, tmp_path):
+    from omegaconf import OmegaConf
+
+    from wspet.inference.predict import predict
+
+    summary = train(train_config(tmp_path / "run", ["loss=pseudo", *GPU, "evaluate.split=none"]))
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text('{"hn_006": [[4, 4, 4, 20, 20, 20]], "hn_007": [[8, 8, 8, 28, 28, 28]]}')
+    masks = {}
+    for device in ("cpu", "cuda"):
+        cfg = OmegaConf.create({
+            "ckpt": summary["checkpoint"], "input": str(tiny_dataset), "split": "test",
+            "output": str(tmp_path / device), "overwrite": False, "lesions_csv": True, "mip_png": False,
+            "save_suv": False, "window": [32, 32, 32], "overlap": [0, 0, 0], "batch_size": 2, "threshold": 0.5,
+            "device": device, "boxes": str(boxes), "postprocess": {"name": "none", "fn": None},
+        })
+        masks[device] = [np.asarray(nib.load(path).dataobj) > 0 for path in predict(cfg) if path.name.endswith("_mask.nii.gz")]
+    assert len(masks["cuda"]) == 2
+    for cpu, cuda in zip(masks["cpu"], masks["cuda"]):
+        assert np.mean(cpu != cuda) < 0.01  # bf16 on the GPU against the CPU's precision=auto
