@@ -138,6 +138,15 @@ def zero_spacing(root: Path) -> None:
     path.write_bytes(gzip.compress(bytes(raw)))
 
 
+def zero_pixdim_without_sform(root: Path) -> None:
+    """hn_001 with no sform or qform and a voxel size of 0 along j: nibabel would read 1 mm there."""
+    path = root / "imagesTr/hn_001.nii.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[84:88] = np.float32(0).tobytes()  # pixdim[2]
+    raw[252:256] = np.zeros(2, "<i2").tobytes()  # qform_code, sform_code
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
 def rgb_image(root: Path) -> None:
     rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
     nib.save(nib.Nifti1Image(rgb, np.diag([*SPACING, 1.0])), root / "imagesTr/hn_001.nii.gz")
@@ -191,6 +200,8 @@ ERRORS = [
     ("RGB voxels", rgb_image, ["imagesTr/hn_001.nii.gz", "voxel type", "not a number type"], {}, True),
     ("zero spacing", zero_spacing,
      ["imagesTr/hn_001.nii.gz", "degenerate voxel spacing (3.5, 0, 3.1) mm"], {}, True),
+    ("zero voxel size, no sform", zero_pixdim_without_sform,
+     ["imagesTr/hn_001.nii.gz", "voxel size (3.5, 0, 3.1) mm", "pixdim", "nibabel would take 1 mm"], {}, True),
     ("NaN voxels", rewrite("imagesTr/hn_001.nii.gz", set_voxels(np.nan, 12)),
      ["imagesTr/hn_001.nii.gz: 12 NaN voxels; fix or drop the case"], {}, True),
     ("inf voxels", rewrite("imagesTr/hn_001.nii.gz", set_voxels(-np.inf, 3)),

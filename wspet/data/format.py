@@ -56,17 +56,19 @@ _SHOWN = 80  # characters of a bad value shown in a message
 class DatasetError(ValueError):
     """A dataset that cannot be used; ``problems`` lists every problem found.
 
-    The message is ``"<where>: <problem>"``, or ``"<where>: N problems"`` and one line each.
+    The message is ``"<where>: <problem>"``, or ``"<where>: N problems"`` and one line each;
+    ``where=None`` when every problem already starts with the file it concerns.
     """
 
-    def __init__(self, where: str | Path, problems: Sequence[str]) -> None:
-        self.where = str(where)
+    def __init__(self, where: str | Path | None, problems: Sequence[str]) -> None:
+        self.where = None if where is None else str(where)
         self.problems = list(problems)
+        prefix = "" if self.where is None else f"{self.where}: "
         if len(self.problems) == 1:
-            super().__init__(f"{self.where}: {self.problems[0]}")
+            super().__init__(f"{prefix}{self.problems[0]}")
         else:
             lines = "\n".join(f"  - {p}" for p in self.problems)
-            super().__init__(f"{self.where}: {len(self.problems)} problems\n{lines}")
+            super().__init__(f"{prefix}{len(self.problems)} problems\n{lines}")
 
 
 class DatasetWarning(UserWarning):
@@ -419,7 +421,29 @@ def open_nifti(path: Path, kind: str) -> nib.spatialimages.SpatialImage:
     if dtype.kind not in "iuf" or dtype.fields is not None:
         raise DatasetError(path, [f"voxel type {dtype} is not a number type (RGB, complex?)"])
     _check_size(path, nifti, shape, dtype)
+    _check_voxel_sizes(path, nifti)
     return nifti
+
+
+def _check_voxel_sizes(path: Path, nifti) -> None:
+    """Refuse a header whose affine comes from its voxel sizes (no sform) when one of them is 0.
+
+    nibabel replaces such a size by 1 mm as it reads the header, with only a logged warning: the
+    volume would be resampled, measured and predicted at a spacing nobody wrote.
+    """
+    header = nifti.header
+    if "pixdim" not in header.keys() or int(header.get("sform_code", 0)) > 0:  # the sform gives the affine
+        return
+    header_file = nifti.file_map.get("header", nifti.file_map["image"])  # a .hdr/.img pair, or one .nii
+    with nib.openers.ImageOpener(header_file.filename) as stream:
+        written = type(header).from_fileobj(stream, check=False)
+    sizes = [float(size) for size in written["pixdim"][1:4]]
+    if 0.0 in sizes:
+        shown = ", ".join(f"{size:.4g}" for size in sizes)
+        raise DatasetError(path, [
+            f"voxel size ({shown}) mm in the header (pixdim) is 0 along an axis and no sform gives the "
+            "spacing; nibabel would take 1 mm there: fix the header"
+        ])
 
 
 def _check_size(path: Path, nifti, shape: tuple[int, ...], dtype: np.dtype) -> None:
