@@ -427,6 +427,33 @@ def test_a_scan_whose_resampled_grid_is_too_large_is_refused_naming_it(checkpoin
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_bad_scan_is_refused_naming_the_scan_and_not_the_current_folder(checkpoint, tmp_path, monkeypatch):
+    path = tmp_path / "scans" / "nan.nii.gz"
+    path.parent.mkdir()
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), AFFINE), path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as refused:
+        predict(predict_config(checkpoint, path, tmp_path / "out"))
+    assert str(refused.value) == "scans/nan.nii.gz: 512 NaN voxels; fix or drop the case"
+
+
+def test_a_scan_smaller_than_a_voxel_of_the_model_or_constant_once_resampled_is_refused_naming_it(checkpoint, tmp_path):
+    resampling = tmp_path / "resampling.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    saved["hyper_parameters"]["preprocessing"] = {"target_spacing": [8.0, 8.0, 8.0], "intensity": "zscore"}
+    torch.save(saved, resampling)
+    path = tmp_path / "tiny.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(8, dtype=np.float32).reshape(2, 2, 2), np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    with pytest.raises(ValueError, match=r"tiny.nii.gz: shape \(2, 2, 2\) at spacing \[2.0, 2.0, 2.0\] mm spans "
+                                         r"\[4.0, 4.0, 4.0\] mm, less than one voxel of the model's \[8.0, 8.0, 8.0\] mm"):
+        predict(predict_config(checkpoint=resampling, input_path=path, output=tmp_path / "out"))
+    path = tmp_path / "one_voxel.nii.gz"  # 8 mm wide: one voxel at 8 mm, which no z-score can normalise
+    nib.save(nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    with pytest.raises(ValueError, match=r"one_voxel.nii.gz: image shape \(1, 1, 1\) is constant"):
+        predict(predict_config(checkpoint=resampling, input_path=path, output=tmp_path / "out"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_box_prompted_prediction_keeps_only_what_lies_in_the_case_boxes(checkpoint, scan, tmp_path):
     import json
 

@@ -43,9 +43,12 @@ class ValidationReport:
 
     Each message starts with the file (relative to ``root``) or the case it concerns.
     ``spacings`` maps each case whose image could be read to its voxel spacing in mm.
+    ``names_root``: whether an error names ``root`` before the problems (a dataset), or not
+    (images to predict, whose messages name their files and whose root is only the current folder).
     """
 
     root: Path
+    names_root: bool = True
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     n_training: int = 0
@@ -70,7 +73,7 @@ class ValidationReport:
     def raise_if_problems(self) -> None:
         """Raise :class:`DatasetError` listing every problem; do nothing for a clean dataset."""
         if self.problems:
-            raise DatasetError(self.root, self.problems)
+            raise DatasetError(self.root if self.names_root else None, self.problems)
 
 
 def validate_dataset(
@@ -137,7 +140,7 @@ def validate_images(
     ``max_spacing_ratio``, images whose spacing is that far off their median are problems too.
     """
     root = Path(os.path.abspath(root or "."))
-    report = ValidationReport(root=root, n_test=len(paths))
+    report = ValidationReport(root=root, names_root=False, n_test=len(paths))
     relative = _relativiser(root)
     cases = {}
     for path in paths:

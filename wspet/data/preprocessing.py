@@ -177,15 +177,27 @@ class Preprocessing:
         return tuple(max(1, math.ceil(e / t - 1e-6)) for e, t in zip(extent, target))
 
     def check_grid(self, shape: Sequence[int], affine: np.ndarray, where: object = "image") -> None:
-        """Refuse (ValueError naming ``where``) a volume whose resampled grid exceeds ``load_image``'s voxel limit.
+        """Refuse (ValueError naming ``where``) a volume whose resampled grid exceeds ``load_image``'s voxel
+        limit, or holds no voxel along an axis.
 
         A 16^3 scan of 1000 mm voxels at 4 mm would be a 4000^3 grid: refused here, before any
-        memory is allocated, rather than by the allocator or after hours of sliding windows.
+        memory is allocated, rather than by the allocator or after hours of sliding windows. A scan
+        shorter than one voxel of ``target_spacing`` along an axis would be resampled to nothing
+        (TorchIO floors the grid's size).
         """
+        spacing = np.round(voxel_sizes(affine), 3).tolist()
+        target_spacing = resampled_spacing(voxel_sizes(affine), self.target_spacing)
+        if target_spacing is not None:
+            extent = [float(n * s) for n, s in zip(shape[:3], voxel_sizes(affine))]
+            if any(e < t * (1 - SPACING_RTOL) for e, t in zip(extent, target_spacing)):
+                raise ValueError(
+                    f"{where}: shape {tuple(int(n) for n in shape)} at spacing {spacing} mm spans "
+                    f"{[round(e, 3) for e in extent]} mm, less than one voxel of the model's "
+                    f"{list(self.target_spacing)} mm along an axis: too small to predict"
+                )
         target = self.network_shape(shape, affine)
         voxels = math.prod(target)
         if voxels > MAX_VOXELS:
-            spacing = np.round(voxel_sizes(affine), 3).tolist()
             raise ValueError(
                 f"{where}: shape {tuple(int(n) for n in shape)} at spacing {spacing} mm resampled to "
                 f"{list(self.target_spacing)} mm is a {target} grid ({voxels} voxels, limit {MAX_VOXELS}); "

@@ -534,8 +534,11 @@ def _predict(cfg: DictConfig) -> list[Path]:
         label_path = (labels or {}).get(job.name)
         # a bad label fails before the prediction
         label = None if label_path is None else load_case_label(label_path, image, job, cfg.get("segments"))
-        mask = predict_mask(models, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size,
-                            progress=progress, mirror_axes=mirror_axes)
+        try:
+            mask = predict_mask(models, image, postprocess, cfg.window, cfg.overlap, cfg.threshold, cfg.batch_size,
+                                progress=progress, mirror_axes=mirror_axes)
+        except ValueError as error:  # e.g. a scan that resampling leaves constant: name the scan
+            raise ValueError(f"{job.image}: {error}") from None
         if prompts is not None:
             mask = prompted_mask(mask, image, prompts[job.name], job, cfg.boxes, fallback, union)
         written += write_outputs(job, image, mask, overwrite=cfg.overwrite, output_format=output_format)
