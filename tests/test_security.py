@@ -233,3 +233,20 @@ def test_a_bad_training_orientation_in_a_checkpoint_is_refused_by_file_and_value
     with pytest.raises(ValueError, match=r"axes.ckpt: hyper-parameters do not build a wspet model: the checkpoint's "
                                          r"training_orientation .* is not three axis codes"):
         LesionSegmenter.from_checkpoint(path)
+
+
+def test_a_checkpoint_asking_for_a_huge_network_is_refused_before_allocating_it(clean_checkpoint, tmp_path):
+    """Its config would allocate about 300 GB of weights; built on the meta device, it allocates none."""
+    path = _with_hparams(clean_checkpoint, tmp_path / "huge.ckpt", net={"features": [4096, 8192, 16384, 32768, 65536]})
+    with pytest.raises(ValueError, match=r"huge.ckpt: weights do not fit the network config net=.*: weight net\.\S+ has "
+                                         r"shape \(\d+.*\), the config builds \((4096|8192|16384|32768|65536)"):
+        LesionSegmenter.from_checkpoint(path)
+
+
+@pytest.mark.parametrize("weights", [[1, 2], {"net.head.weight": 5}, {3: torch.zeros(1)}, "weights"])
+def test_a_state_dict_that_is_not_named_tensors_is_refused_naming_the_file(clean_checkpoint, tmp_path, weights):
+    checkpoint = torch.load(clean_checkpoint, weights_only=True)
+    checkpoint["state_dict"] = weights
+    torch.save(checkpoint, tmp_path / "weights.ckpt")
+    with pytest.raises(ValueError, match=r"weights.ckpt: state_dict .* is not a mapping of weight names to tensors"):
+        LesionSegmenter.from_checkpoint(tmp_path / "weights.ckpt")

@@ -53,6 +53,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path}: not a wspet checkpoint (no 'net' hyper-parameters or no state_dict)")
     if not isinstance(hparams["net"], Mapping) or not all(isinstance(k, str) for k in hparams["net"]):
         raise ValueError(f"{path}: hyper-parameter net {hparams['net']!r} is not a mapping of U-Net arguments")
+    weights = checkpoint["state_dict"]
+    if not isinstance(weights, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise ValueError(f"{path}: state_dict {_shown(weights)} is not a mapping of weight names to tensors")
     if hparams.get("loss") is not None:
         check_target(hparams["loss"], loss_classes(), f"{path}: hyper-parameter loss")
     if hparams.get("optimizer") is not None:

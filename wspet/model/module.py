@@ -197,10 +197,15 @@ class LesionSegmenter(L.LightningModule):
         hparams = checkpoint["hyper_parameters"]
         arguments = {k: v for k, v in hparams.items() if k in ARGUMENTS and k != "loss"}
         try:
+            misfit = _weights_misfit(hparams["net"], checkpoint["state_dict"])
+            if misfit:
+                raise ValueError(f"{path}: weights do not fit the network config net={hparams['net']}: {misfit}")
             model = cls(loss=None, **arguments)
             model_mirror_axes(model, AUTO_MIRROR)  # its training flips, read by test-time mirroring
             model_orientation(model)  # its axis codes, read by every prediction
         except (TypeError, ValueError) as error:  # e.g. an unknown U-Net argument
+            if str(error).startswith(f"{path}: "):
+                raise
             raise ValueError(f"{path}: hyper-parameters do not build a wspet model: {error}") from None
         try:
             model.load_state_dict(checkpoint["state_dict"])
@@ -249,6 +254,25 @@ class LesionSegmenter(L.LightningModule):
         limit = trainer.limit_train_batches
         batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
         return max(1, batches * max(trainer.max_epochs, 1))
+
+
+def _weights_misfit(net: Mapping, state_dict: Mapping) -> str | None:
+    """The first network weight of ``state_dict`` missing, unexpected or of another shape than ``net`` builds.
+
+    The network is built on the meta device, which allocates nothing: a file whose ``net`` asks for
+    65536 feature maps per level would otherwise allocate hundreds of GB before its weights were read.
+    """
+    with torch.device("meta"):
+        expected = {f"net.{name}": tuple(value.shape) for name, value in UNet3D(**net).state_dict().items()}
+    given = {name: tuple(value.shape) for name, value in state_dict.items() if name.startswith("net.")}
+    for name in sorted(set(expected) | set(given)):
+        if name not in given:
+            return f"missing weight {name} {expected[name]}"
+        if name not in expected:
+            return f"unexpected weight {name} {given[name]}"
+        if given[name] != expected[name]:
+            return f"weight {name} has shape {given[name]}, the config builds {expected[name]}"
+    return None
 
 
 def build_loss(spec: Mapping) -> torch.nn.Module:
