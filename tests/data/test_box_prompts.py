@@ -24,6 +24,7 @@ def test_json_and_csv_give_the_same_boxes(tmp_path):
         ("b.json", '[[1, 2, 3, 4, 5, 6]]', "expected an object"),
         ("b.json", '{"a": "box"}', "is not a list of boxes"),
         ("b.json", '{"a": [', "not valid JSON"),
+        ("b.json", '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "not valid JSON: nested too deeply"),
         ("b.csv", "case,x,y\na,1,2\n", "the header must be case,i0,j0,k0,i1,j1,k1"),
         ("b.csv", "case,i0,j0,k0,i1,j1,k1\na,1,2,3,4,5,six\n", r"row 2: corners .* are not integers"),
         ("b.txt", "", "is .json or .csv"),

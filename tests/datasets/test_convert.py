@@ -269,6 +269,10 @@ def test_boxes_file_problems_are_named(tmp_path):
     bad.write_text("case,x0,y0,z0,x1,y1,z1\nSTS_001,1,2,3,4,5,oops\n")
     with pytest.raises(ValueError, match=r"bad\.csv line 2: .*'oops'"):
         read_world_boxes(bad)
+    nested = tmp_path / "nested.json"
+    nested.write_text('{"STS_001": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError, match=r"nested\.json: not valid JSON: nested too deeply"):
+        read_world_boxes(nested)
     bad.write_text("case,x0,y0,z0,x1,y1,z1\nSTS_009,1,2,3,4,5,6\n")
     with pytest.raises(ValueError, match=r"cases \['STS_009'\] are not in .*cases \['STS_001', 'STS_002'\] have no boxes"):
         convert_dataset(src, tmp_path / "out", boxes_file=bad, log=quiet)

@@ -12,10 +12,9 @@ Boxes are half-open voxel indices of the image array as nibabel loads it.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
-from wspet.data.format import box_problem
+from wspet.data.format import box_problem, parse_json
 
 Box = tuple[int, int, int, int, int, int]
 CSV_COLUMNS = ("case", "i0", "j0", "k0", "i1", "j1", "k1")
@@ -49,9 +48,9 @@ def read_box_prompts(path: str | Path) -> dict[str, list[Box]]:
 
 def _from_json(text: str, problems: list[str]) -> dict[str, list[Box]]:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        problems.append(f"not valid JSON ({error})")
+        data = parse_json(text)
+    except ValueError as error:
+        problems.append(str(error))
         return {}
     if not isinstance(data, dict):
         problems.append(f"expected an object {{case: [[i0, j0, k0, i1, j1, k1], ...]}}, got {type(data).__name__}")

@@ -176,15 +176,24 @@ def scan_dataset(root: str | Path) -> IndexScan:
     return IndexScan(index=dataset, problems=problems, flawed=frozenset(flawed))
 
 
+def parse_json(text: str | bytes) -> object:
+    """``text`` parsed as JSON; ValueError ``not valid JSON: ...`` for bad syntax, a bad encoding, or
+    nesting deeper than Python's recursion limit (``[[[[...]]]]``), which ``json`` meets as a RecursionError."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValueError("not valid JSON: nested too deeply") from None
+
+
 def _load_json(root: Path, index_path: Path) -> dict:
     if not index_path.is_file():
         raise DatasetError(root, [f"no dataset.json in {root} (see docs/dataset_format.md)"])
     try:
-        index = json.loads(index_path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(index_path, [f"not valid JSON: {error}"]) from None
-    except RecursionError:
-        raise DatasetError(index_path, ["not valid JSON: nested too deeply"]) from None
+        index = parse_json(index_path.read_bytes())
+    except ValueError as error:
+        raise DatasetError(index_path, [str(error)]) from None
     except OSError as error:
         raise DatasetError(index_path, [f"cannot be read: {error}"]) from None
     if not isinstance(index, dict):

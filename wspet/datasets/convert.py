@@ -66,6 +66,7 @@ from wspet.data.format import (
     load_image,
     load_label,
     open_nifti,
+    parse_json,
     read_dataset,
     read_voxels,
 )
@@ -436,9 +437,9 @@ def read_world_boxes(path: str | Path, lps: bool = False) -> dict[str, list[np.n
     rows: list[tuple[str, list[object], str]] = []
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
+            data = parse_json(text)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         if isinstance(data, dict):
             for case, boxes in data.items():
                 if not isinstance(boxes, list) or (boxes and not isinstance(boxes[0], list)):
