@@ -219,6 +219,23 @@ def test_a_stored_stage_is_reused_while_its_bytes_match(train_config, clean_chec
     assert "differs from the recorded" in caplog.text
 
 
+@pytest.mark.parametrize("record, message", [
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON: nested too deeply"),
+    ('{"collapsed": "no"}', 'expected {"collapsed": true | false}'),
+    ("\xff", "not valid JSON"),
+])
+def test_a_stored_stage_with_a_bad_record_is_trained_again(train_config, clean_checkpoint, tmp_path, caplog, record, message):
+    cfg = train_config(tmp_path / "run", ["loss=dice"])
+    with open_dict(cfg):
+        cfg.stage_cache = str(tmp_path / "cache")
+    remember_stage(cfg, None, StageResult(name="dice", checkpoint=clean_checkpoint, collapsed=False))
+    stage_json = StageCache(tmp_path / "cache").root / stage_key(cfg, None) / "stage.json"
+    stage_json.write_text(record, encoding="latin-1")
+    with caplog.at_level(logging.WARNING):
+        assert cached_stage(cfg, tmp_path / "run", None, "dice") is None
+    assert "not reusing cached stage" in caplog.text and f"{stage_json}: {message}" in caplog.text
+
+
 @pytest.mark.parametrize("flips", [[0, 7], "auto", [[0]], {"_target_": "os.system"}])
 def test_bad_training_flips_in_a_checkpoint_are_refused_by_file_and_value(clean_checkpoint, tmp_path, flips):
     path = _with_hparams(clean_checkpoint, tmp_path / "flips.ckpt", training_flips=flips)

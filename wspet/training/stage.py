@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from wspet.data.datamodule import PetDataModule
-from wspet.data.format import read_dataset
+from wspet.data.format import parse_json, read_dataset
 from wspet.evaluation.evaluate import evaluate_cases
 from wspet.io import atomic_path, write_text
 from wspet.model.checkpoint import load_checkpoint
@@ -129,7 +129,8 @@ def cached_stage(cfg: DictConfig, stage_dir: Path, init_from: str | None, name: 
         return None
     try:
         load_checkpoint(cached)  # a planted or foreign entry is refused before anything reads it
-    except ValueError as error:
+        collapsed = _cached_collapse_flag(cached.with_name("stage.json"))
+    except (ValueError, OSError) as error:
         log.warning("stage '%s': not reusing cached stage %s, training it again: %s", name, key, error)
         return None
     log.info("stage '%s': identical to cached stage %s; reusing %s", name, key, cached)
@@ -137,8 +138,18 @@ def cached_stage(cfg: DictConfig, stage_dir: Path, init_from: str | None, name: 
     if launch_rank_is_zero():
         with atomic_path(target) as tmp:
             shutil.copyfile(cached, tmp)
-    collapsed = json.loads(cached.with_name("stage.json").read_text()).get("collapsed", False)
     return StageResult(name=name, checkpoint=target, collapsed=collapsed)
+
+
+def _cached_collapse_flag(path: Path) -> bool:
+    """Whether the cached stage collapsed, from its ``stage.json``; ValueError naming the file if unreadable."""
+    try:
+        record = parse_json(path.read_bytes())
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("collapsed"), bool):
+        raise ValueError(f"{path}: expected {{\"collapsed\": true | false}}, got {str(record)[:80]}")
+    return record["collapsed"]
 
 
 def remember_stage(cfg: DictConfig, init_from: str | None, result: StageResult) -> None:
