@@ -279,3 +279,20 @@ def test_the_patch_queue_samples_with_the_box_balance(tiny_dataset):
         assert sum(centred) == pytest.approx(0.7) and max(centred) - min(centred) < 1e-9
         balanced += len(centred) >= 2
     assert balanced >= 1
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("samples_per_volume", 0, "data.samples_per_volume=0 is not a whole number >= 1"),
+    ("batch_size", 0, "data.batch_size=0 is not a whole number >= 1"),
+    ("queue_length", -3, "data.queue_length=-3 is not a whole number >= 1"),
+    ("batch_size", 1.5, "data.batch_size=1.5 is not a whole number >= 1"),
+    ("patch_size", (16, 0, 16), r"data.patch_size\[1\]=0 is not a whole number >= 1"),
+    ("num_workers", -1, "data.num_workers=-1 is not a whole number >= 0"),
+    ("flip_probability", 1.5, r"data.flip_probability=1.5 is not in \[0, 1\]"),
+    ("noise_std", -1.0, "data.noise_std=-1.0 is not a standard deviation >= 0"),
+    ("noise_std", float("nan"), "data.noise_std=nan is not a standard deviation >= 0"),
+])
+def test_a_count_below_one_or_a_chance_outside_0_1_is_refused_by_name(tiny_dataset, setting, value, message):
+    """0 samples per volume trained no step at all and reported a test Dice of 0 without a word."""
+    with pytest.raises(ValueError, match=message):
+        PetDataModule(tiny_dataset, **{"patch_size": (16, 16, 16), setting: value})

@@ -765,6 +765,14 @@ def test_bad_mirror_axes_are_refused_before_anything_is_written(checkpoint, scan
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("value", [1.5, -0.2, float("nan")])
+def test_a_threshold_outside_0_1_is_refused_before_anything_is_written(checkpoint, scan, tmp_path, value):
+    cfg = predict_config(checkpoint, scan, tmp_path / "out", threshold=value)
+    with pytest.raises(ValueError, match=r"threshold .* is not a probability in \[0, 1\]"):
+        predict(cfg)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_auto_warns_by_name_for_a_checkpoint_without_training_flips_and_does_not_mirror(checkpoint, scan, tmp_path, caplog):
     plain, mirrored = plain_and_mirrored(checkpoint, scan, (0, 2))
     threshold = float(np.median(mirrored))

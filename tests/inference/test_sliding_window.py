@@ -316,3 +316,13 @@ def test_mirrored_prediction_is_the_mean_of_the_flipped_scans_predictions():
     assert not np.allclose(got, plain, atol=1e-4)  # the random net is not mirror-symmetric
     with pytest.raises(ValueError, match="mirror_axes"):
         predict(image, mirror_axes=[5])
+
+
+@pytest.mark.parametrize("threshold", [1.5, -0.2, float("nan"), "0.5", True])
+def test_a_threshold_that_is_not_a_probability_is_refused(threshold):
+    """1.5 or NaN gave an empty mask and -0.2 a full one, without a word."""
+    from wspet.inference.sliding_window import check_threshold
+
+    with pytest.raises(ValueError, match=r"threshold .* is not a probability in \[0, 1\]"):
+        check_threshold(threshold)
+    assert check_threshold(0) == 0.0 and check_threshold(1) == 1.0 and check_threshold(0.3) == 0.3

@@ -197,3 +197,14 @@ def test_deep_supervision_trains_its_heads_and_the_checkpoint_predicts(train_con
 def test_deep_supervision_not_a_boolean_names_the_value(train_config, tmp_path):
     with pytest.raises(ValueError, match=r"deep_supervision must be true or false, got 2"):
         train(train_config(tmp_path, ["loss=pseudo", "model.net.deep_supervision=2", *FAST]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["evaluate.threshold=1.5"], r"threshold 1.5 is not a probability in \[0, 1\]"),
+    (["data.samples_per_volume=0"], "data.samples_per_volume=0 is not a whole number >= 1"),
+])
+def test_a_setting_that_would_train_nothing_useful_is_refused_before_training(train_config, tmp_path, overrides, message):
+    """A threshold of 1.5 gave empty test masks, and 0 samples per volume trained no step, each without a word."""
+    with pytest.raises(ValueError, match=message):
+        train(train_config(tmp_path, overrides))
+    assert not (tmp_path / "checkpoints").exists()

@@ -120,6 +120,22 @@ class PadToAtLeast(tio.SpatialTransform):
         return tio.Pad(padding, padding_mode="minimum")(subject)
 
 
+def _check_counts_and_chances(patch_size: Sequence[int], batch_size: int, samples_per_volume: int,
+                              queue_length: int, flip_probability: float, noise_std: float, num_workers: int) -> None:
+    """ValueError naming the setting for a count below 1 (0 samples per volume trained no step and
+    reported a test Dice of 0), a chance outside [0, 1] or a negative noise level."""
+    counts = {"batch_size": batch_size, "samples_per_volume": samples_per_volume, "queue_length": queue_length}
+    for name, value in {**counts, **{f"patch_size[{axis}]": size for axis, size in enumerate(patch_size)}}.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"data.{name}={value!r} is not a whole number >= 1")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+        raise ValueError(f"data.num_workers={num_workers!r} is not a whole number >= 0")
+    if not 0.0 <= float(flip_probability) <= 1.0:
+        raise ValueError(f"data.flip_probability={flip_probability!r} is not in [0, 1]")
+    if not float(noise_std) >= 0.0:
+        raise ValueError(f"data.noise_std={noise_std!r} is not a standard deviation >= 0")
+
+
 class PetDataModule(L.LightningDataModule):
     """Training patches and validation volumes from a wspet dataset folder.
 
@@ -232,6 +248,9 @@ class PetDataModule(L.LightningDataModule):
             raise ValueError(f"patch_size {self.patch_size} is larger than volume_size {self.volume_size}")
         if self.shape_multiple < 1:
             raise ValueError(f"shape_multiple {shape_multiple} must be >= 1")
+        _check_counts_and_chances(patch_size=self.patch_size, batch_size=batch_size,
+                                  samples_per_volume=samples_per_volume, queue_length=queue_length,
+                                  flip_probability=flip_probability, noise_std=noise_std, num_workers=num_workers)
         self.batch_size = batch_size
         self.samples_per_volume = samples_per_volume
         self.queue_length = queue_length

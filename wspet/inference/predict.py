@@ -35,7 +35,7 @@ from wspet.data.format import NIFTI_SUFFIXES, Volume, case_name, load_image, loa
 from wspet.datasets.seg import SeriesGrid, read_seg_mask, series_frame_of_reference, write_seg
 from wspet.inference.measurements import LESION_COLUMNS, describe, lesion_table
 from wspet.inference.mip import save_mip_png
-from wspet.inference.sliding_window import predict_mask
+from wspet.inference.sliding_window import check_threshold, predict_mask
 from wspet.io import publish, save_nifti, write_csv
 from wspet.metrics.summary import METRIC_NAMES, case_metrics, format_table, mean_metrics
 from wspet.model.flips import AUTO_MIRROR, check_mirror_axes
@@ -521,6 +521,7 @@ def _predict(cfg: DictConfig) -> list[Path]:
     if not isinstance(union, bool):
         raise ValueError(f"box_union={union!r} is not true or false")
     mirror_axes = check_mirror_axes(cfg.get("mirror_axes", ()))
+    check_threshold(cfg.threshold)
     models = load_models(cfg.ckpt, choose_device(cfg.device))
     if mirror_axes == AUTO_MIRROR:
         warn_unknown_flips(models)

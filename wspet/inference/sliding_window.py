@@ -270,6 +270,14 @@ def warn_if_spacing_differs(model: LesionSegmenter, image: Volume) -> bool:
     return True
 
 
+def check_threshold(threshold: object) -> float:
+    """``threshold`` as a float; ValueError unless it is a probability in [0, 1] (NaN, 1.5 or -0.2
+    would give an empty or a full mask without a word)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold {threshold!r} is not a probability in [0, 1]")
+    return float(threshold)
+
+
 def predict_mask(
     model: LesionSegmenter | Sequence[LesionSegmenter],
     image: Volume,
@@ -295,6 +303,7 @@ def predict_mask(
     models = [model] if isinstance(model, LesionSegmenter) else list(model)
     if not models:
         raise ValueError("no model to predict with")
+    threshold = check_threshold(threshold)
     probs = None
     for member in models:
         log_turn(member, image)

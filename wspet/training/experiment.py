@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from wspet.model.flips import check_mirror_axes
+from wspet.inference.sliding_window import check_threshold
 from wspet.metrics.summary import format_table
 from wspet.io import write_text
 from wspet.model.precision import denormals_flushed, device_type, resolve_precision
@@ -50,6 +51,7 @@ def _train(cfg: DictConfig) -> dict:
     if rank_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
     check_mirror_axes(cfg.evaluate.get("mirror_axes", ()))  # a typo fails now, not after training
+    check_threshold(cfg.evaluate.threshold)
     data = build_datamodule(cfg)
     data.prepare_data()
     data.check()  # every case, before any training time is spent
