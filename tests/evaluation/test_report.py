@@ -433,3 +433,17 @@ def test_box_prompted_rows_segment_a_box_the_model_left_empty_by_the_default_fal
     fallback[box_region(box)] = box_lesion(np.asarray(image_b, np.float32)[box_region(box)], "otsu", component="central")[0]
     assert rows["case_b"]["dice"] == pytest.approx(dice_score(fallback, label_b))
     assert rows["case_b"]["dice"] > 0.5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON: nested too deeply"),
+    ("\xff{", "not valid JSON"),
+    ("[1, 2]", "the run summary is list, not a JSON object"),
+])
+def test_a_run_summary_that_is_not_a_json_object_is_refused_naming_it(tmp_path, text, message):
+    run = tmp_path / "SWEEP" / "0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(text, encoding="latin-1")
+    with pytest.raises(ValueError, match=message) as refused:
+        collect_runs(tmp_path / "SWEEP")
+    assert str(run / "summary.json") in str(refused.value)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from wspet.data.format import CaseEntry, DatasetError, Volume, load_image, load_label, read_dataset
+from wspet.data.format import CaseEntry, DatasetError, Volume, load_image, load_label, parse_json, read_dataset
 from wspet.evaluation.comparisons import paired_markdown, per_seed_markdown
 from wspet.evaluation.overlays import draw_case
 from wspet.io import atomic_path, write_text
@@ -130,9 +129,11 @@ def collect_runs(sweep_dir: str | os.PathLike) -> list[RunRecord]:
 def _read_run(run_dir: Path) -> RunRecord:
     summary_path = run_dir / "summary.json"
     try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        summary = parse_json(summary_path.read_bytes())
+    except (OSError, ValueError) as err:
         raise ValueError(f"{summary_path}: cannot read the run summary ({err})") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{summary_path}: the run summary is {type(summary).__name__}, not a JSON object")
     missing = [k for k in ("experiment", "seed", "data_root") if k not in summary]
     if missing:
         raise ValueError(f"{summary_path}: missing key(s) {missing}")
