@@ -33,7 +33,13 @@ def test_a_weak_run_still_predicting_boxes_is_reported_with_both_reasons():
 def test_a_converged_run_and_a_box_loss_report_nothing():
     # The box-Dice stage is meant to predict the boxes: not watched.
     assert convergence_problems(history([1.0, 0.4, 0.31, 0.3, 0.3, 0.3, 0.3, 0.3], 0.97), steps=800) == []
-    assert convergence_problems({}, steps=0, watch_box=True) == []
+
+
+@pytest.mark.parametrize("history_", [{}, {100: {"val/loss": float("nan"), "epoch": 0.0}}])
+def test_a_stage_without_a_finite_validation_loss_is_not_converged(history_):
+    """trainer.max_steps=0 trained nothing, evaluated the random weights and reported converged: true."""
+    problems = convergence_problems(history_, steps=0, watch_box=False)
+    assert len(problems) == 1 and "no validation recorded a finite val/loss in 0 steps" in problems[0]
 
 
 def scored(dices, box_dice):
@@ -89,3 +95,11 @@ def test_a_weak_run_below_the_boxes_reports_it_in_the_summary(train_config, tmp_
     summary = training.train(train_config(tmp_path, overrides))
     assert summary["converged"] is False
     assert any("never scored above the boxes" in problem for problem in summary["not_converged"])
+
+
+def test_a_run_of_zero_steps_is_not_converged(train_config, tmp_path):
+    import wspet.training.experiment as training
+
+    summary = training.train(train_config(tmp_path, ["loss=fs", "trainer.max_epochs=null", "trainer.max_steps=0", "evaluate.split=none"]))
+    assert summary["converged"] is False
+    assert any("no validation recorded a finite val/loss in 0 steps" in problem for problem in summary["not_converged"])

@@ -2,8 +2,8 @@
 
 A run given too few steps (a step budget cut short, a tiny data set counted in epochs) leaves a
 model whose validation loss is still falling fast, or, for a weak loss, whose predictions are still
-the boxes it was shown, or that never scored above the boxes themselves on the validation labels.
-All are visible in the validation history (:class:`wspet.training.callbacks.ValidationHistory`,
+the boxes it was shown, or that never scored above the boxes themselves on the validation labels;
+a stage with no validation at all (no step trained) shows nothing learnt either. All are visible in the validation history (:class:`wspet.training.callbacks.ValidationHistory`,
 ``{step: {"val/loss": ..., "val/box_agreement": ..., "val/dice": ..., "val/box_dice": ...}}``).
 """
 
@@ -54,6 +54,11 @@ def convergence_problems(
     ordered = [history[step] for step in sorted(history)]
     losses = [v["val/loss"] for v in ordered if math.isfinite(v.get("val/loss", math.nan))]
     problems = []
+    if not losses:
+        problems.append(
+            f"no validation recorded a finite val/loss in {steps} steps, so nothing shows that the model learnt; "
+            "raise trainer.max_steps (0 trains nothing) or check trainer.limit_val_batches"
+        )
     if still_improving(losses, tail, share):
         problems.append(
             f"val/loss was still falling fast after {steps} steps ({losses[0]:.4f} -> {min(losses):.4f}, "
