@@ -198,15 +198,14 @@ class LesionSegmenter(L.LightningModule):
         arguments = {k: v for k, v in hparams.items() if k in ARGUMENTS and k != "loss"}
         try:
             misfit = _weights_misfit(hparams["net"], checkpoint["state_dict"])
-            if misfit:
-                raise ValueError(f"{path}: weights do not fit the network config net={hparams['net']}: {misfit}")
-            model = cls(loss=None, **arguments)
-            model_mirror_axes(model, AUTO_MIRROR)  # its training flips, read by test-time mirroring
-            model_orientation(model)  # its axis codes, read by every prediction
+            if not misfit:
+                model = cls(loss=None, **arguments)
+                model_mirror_axes(model, AUTO_MIRROR)  # its training flips, read by test-time mirroring
+                model_orientation(model)  # its axis codes, read by every prediction
         except (TypeError, ValueError) as error:  # e.g. an unknown U-Net argument
-            if str(error).startswith(f"{path}: "):
-                raise
             raise ValueError(f"{path}: hyper-parameters do not build a wspet model: {error}") from None
+        if misfit:
+            raise ValueError(f"{path}: weights do not fit the network config net={hparams['net']}: {misfit}")
         try:
             model.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as error:  # missing, unexpected or differently shaped weights
