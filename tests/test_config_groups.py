@@ -21,6 +21,7 @@ from wspet.model.module import LesionSegmenter
 from wspet.training.callbacks import ProgressLines, build_callbacks, clock
 from wspet.training.collapse import CollapseGuard
 from wspet.training.experiment import train
+from wspet.training.selection import SelectiveEarlyStopping
 from wspet.training.stage import build_datamodule
 
 FAST = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "evaluate.split=none"]
@@ -61,14 +62,14 @@ def callback_types(overrides: list[str]) -> list[type]:
 
 def test_default_callbacks_add_early_stopping_from_its_target():
     types = callback_types([])
-    assert types.count(EarlyStopping) == 1
+    assert types.count(SelectiveEarlyStopping) == 1
     assert ModelCheckpoint in types and CollapseGuard in types
 
 
 @pytest.mark.parametrize("overrides", [["callbacks=none"], ["callbacks.early_stopping=null"]])
 def test_callbacks_none_or_null_drop_early_stopping_and_keep_checkpoint_and_guard(overrides):
     types = callback_types(overrides)
-    assert EarlyStopping not in types
+    assert not any(issubclass(t, EarlyStopping) for t in types)
     assert ModelCheckpoint in types and CollapseGuard in types
 
 

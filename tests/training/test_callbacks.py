@@ -47,3 +47,11 @@ def test_a_checkpoint_without_history_gives_no_value(tmp_path):
     torch.save({"state_dict": {}}, path)
     assert best_validation(path, "val/loss", "val/loss", "min") | {"curves": None} == {
         "metric": "val/loss", "value": None, "step": None, "epoch": None, "selected_by": "min val/loss", "curves": None}
+
+
+def test_best_validation_is_the_one_the_checkpoint_holds(tmp_path):
+    steps = {10: {"val/loss": 0.1, "epoch": 0.0}, 20: {"val/loss": 0.4, "epoch": 1.0}, 30: {"val/loss": 0.3, "epoch": 2.0}}
+    path = tmp_path / "best.ckpt"
+    torch.save({"global_step": 30, "callbacks": {ValidationHistory.__qualname__: {"steps": steps}}}, path)
+    chosen = best_validation(path, "val/loss", "val/loss", "min")
+    assert (chosen["value"], chosen["step"], chosen["epoch"]) == (0.3, 30, 2)  # not step 10, which selection skipped

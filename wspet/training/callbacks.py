@@ -83,7 +83,10 @@ class ValidationHistory(Callback):
 
 
 def best_validation(checkpoint_path: str | Path, metric: str, monitor: str, mode: str) -> dict:
-    """``metric`` at the validation the checkpoint monitor chose (best ``monitor`` by ``mode``, first of ties).
+    """``metric`` at the validation whose weights the checkpoint holds (the one at its ``global_step``).
+
+    A checkpoint without that validation in its history (written by fast_dev_run, or a hand-made one)
+    falls back to the best ``monitor`` by ``mode`` over its history, first of ties.
 
     Returns ``{"metric", "value", "step", "epoch", "selected_by", "curves"}``; value, step and epoch are
     None when the checkpoint holds no validation (value also when the metric was not logged). ``curves``: the stage folder whose
@@ -100,6 +103,10 @@ def best_validation(checkpoint_path: str | Path, metric: str, monitor: str, mode
         return result
     sign = -1.0 if mode == "max" else 1.0
     step, values = min(scored, key=lambda item: sign * item[1].get(monitor, 0.0))
+    # The best checkpoint skips early validations (wspet.training.selection): its own step says which it holds.
+    own = saved.get("global_step")
+    if own in steps:
+        step, values = own, steps[own]
     return result | {"value": values.get(metric), "step": int(step), "epoch": int(values["epoch"])}
 
 

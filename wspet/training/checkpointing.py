@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wspet.io import atomic_path
+from wspet.training.selection import BestCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,8 @@ class SaveOnSignal(Callback):
 
 
 def stage_checkpoints(folder: Path, settings: Mapping[str, Any]) -> tuple[ModelCheckpoint, ModelCheckpoint | None]:
-    """``best.ckpt`` by ``settings`` (``callbacks.checkpoint``) and, if ``settings.save_last``, ``last.ckpt``.
+    """``best.ckpt`` by ``settings`` (``callbacks.checkpoint``; validations before its ``selection_start`` share of
+    the budget never become it: :mod:`wspet.training.selection`) and, if ``settings.save_last``, ``last.ckpt``.
 
     ``last.ckpt`` is written at every validation by a second ``ModelCheckpoint`` that monitors nothing:
     Lightning 2.6 writes the first one's own ``last.ckpt`` only beside a new best, which left it a copy of
@@ -130,7 +132,7 @@ def stage_checkpoints(folder: Path, settings: Mapping[str, Any]) -> tuple[ModelC
     """
     settings = dict(settings)
     keep_last = bool(settings.pop("save_last", False))
-    best = ModelCheckpoint(dirpath=folder, filename="best", **settings)
+    best = BestCheckpoint(dirpath=folder, filename="best", **settings)
     if not keep_last:
         return best, None
     last = ModelCheckpoint(dirpath=folder, filename=Path(LAST).stem, monitor=None, save_top_k=1, enable_version_counter=False)

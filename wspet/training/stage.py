@@ -185,7 +185,7 @@ def fit_stage(
     log.info("stage '%s': %d steps in %.0f s%s", name, trainer.global_step, seconds,
              f" ({rate:.2f} steps/s, validation included)" if rate else "")
     best = checkpoint.best_model_path or (latest.best_model_path if latest else "")
-    if not best:  # fast_dev_run and limit_* runs save nothing; keep the weights they reached
+    if not best:  # fast_dev_run, limit_* runs and runs ended before callbacks.checkpoint.selection_start save none
         best = stage_dir / "checkpoints" / LAST
         trainer.save_checkpoint(best)
     history = next(c for c in callbacks if isinstance(c, ValidationHistory)).steps
