@@ -4,7 +4,7 @@
 since that one. Both are decided by a handful of validation volumes (5 on the real sarcoma scans, 3
 in a 16-case set), early in training at the highest learning rate, when the weights still move
 most between validations. On the real scans every run whose best validation came in the first 400
-of its 2000 steps (4 of 25) scored below every run whose best came later (docs/training.md, "Which
+of its 2000 steps (4 of 27) scored below every run whose best came later (docs/training.md, "Which
 validations choose the model"). So validations before ``selection_start`` of the stage's steps
 neither become ``best.ckpt`` nor count for early stopping; they are still logged, kept in the
 validation history and watched by the collapse guard and the convergence check.
