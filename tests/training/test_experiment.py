@@ -202,6 +202,7 @@ def test_deep_supervision_not_a_boolean_names_the_value(train_config, tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["evaluate.threshold=1.5"], r"threshold 1.5 is not a probability in \[0, 1\]"),
     (["data.samples_per_volume=0"], "data.samples_per_volume=0 is not a whole number >= 1"),
+    (["callbacks.checkpoint.selection_start=1.5"], r"selection_start 1.5 is not a share in \[0, 1\)"),
 ])
 def test_a_setting_that_would_train_nothing_useful_is_refused_before_training(train_config, tmp_path, overrides, message):
     """A threshold of 1.5 gave empty test masks, and 0 samples per volume trained no step, each without a word."""

@@ -21,6 +21,7 @@ from wspet.training.callbacks import best_validation
 from wspet.training.checkpointing import launch_rank_is_zero
 from wspet.training.resume import finished_summary, read_stage_record, record_run, resume_mode
 from wspet.training.self_training import relabel
+from wspet.training.selection import check_selection_start
 from wspet.training.stage import WEAK_STAGE_LOSS, build_datamodule, fit_and_evaluate
 from wspet.training.stage_result import PRETRAIN_STAGE, StageResult
 
@@ -52,6 +53,7 @@ def _train(cfg: DictConfig) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
     check_mirror_axes(cfg.evaluate.get("mirror_axes", ()))  # a typo fails now, not after training
     check_threshold(cfg.evaluate.threshold)
+    check_selection_start(cfg.callbacks.checkpoint.get("selection_start", 0.0))
     data = build_datamodule(cfg)
     data.prepare_data()
     data.check()  # every case, before any training time is spent
