@@ -39,6 +39,11 @@ def selection_start_step(trainer: L.Trainer, share: float) -> int:
     return math.ceil(share * total) if math.isfinite(total) else 0
 
 
+def too_early(trainer: L.Trainer, share: float) -> bool:
+    """Whether the current validation comes before :func:`selection_start_step`."""
+    return trainer.global_step < selection_start_step(trainer, share)
+
+
 class BestCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` that ignores validations before :func:`selection_start_step`.
 
@@ -51,8 +56,7 @@ class BestCheckpoint(ModelCheckpoint):
         self.selection_start = check_selection_start(selection_start)
 
     def _should_skip_saving_checkpoint(self, trainer: L.Trainer) -> bool:
-        early = trainer.global_step < selection_start_step(trainer, self.selection_start)
-        return early or super()._should_skip_saving_checkpoint(trainer)
+        return too_early(trainer, self.selection_start) or super()._should_skip_saving_checkpoint(trainer)
 
 
 class SelectiveEarlyStopping(EarlyStopping):
@@ -63,5 +67,4 @@ class SelectiveEarlyStopping(EarlyStopping):
         self.selection_start = check_selection_start(selection_start)
 
     def _should_skip_check(self, trainer: L.Trainer) -> bool:
-        early = trainer.global_step < selection_start_step(trainer, self.selection_start)
-        return early or super()._should_skip_check(trainer)
+        return too_early(trainer, self.selection_start) or super()._should_skip_check(trainer)
