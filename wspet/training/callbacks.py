@@ -101,12 +101,13 @@ def best_validation(checkpoint_path: str | Path, metric: str, monitor: str, mode
     result = {"metric": metric, "value": None, "step": None, "epoch": None, "selected_by": f"{mode} {monitor}", "curves": curves}
     if not scored:
         return result
-    sign = -1.0 if mode == "max" else 1.0
-    step, values = min(scored, key=lambda item: sign * item[1].get(monitor, 0.0))
     # The best checkpoint skips early validations (wspet.training.selection): its own step says which it holds.
     own = saved.get("global_step")
     if own in steps:
         step, values = own, steps[own]
+    else:
+        sign = -1.0 if mode == "max" else 1.0
+        step, values = min(scored, key=lambda item: sign * item[1].get(monitor, 0.0))
     return result | {"value": values.get(metric), "step": int(step), "epoch": int(values["epoch"])}
 
 
